@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Provisions the fleet's topology on LocalStack, idempotently.
+
+Reads topology.json (the same file Terraform reads) and the OpenAPI document named there,
+creates queues with their DLQs and redrive policies, tables (with TTL where set), and the REST
+API (imported from the document with local names filled in, deployed to a stage, with an API
+key and usage plan). Running it again converges to the same state and keeps the API key.
+
+Prints the result as JSON (--json) or writes KEY=value lines (--env-file). Tests provision
+their own isolated copy with --prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "000000000000"
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fills ${name} placeholders like Terraform's templatefile; an unknown name is an error."""
+    missing = sorted({m.group(1) for m in PLACEHOLDER.finditer(template)} - values.keys())
+    if missing:
+        raise SystemExit(f"the API document uses placeholders with no value: {', '.join(missing)}")
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+class Provisioner:
+    def __init__(self, endpoint: str, region: str, prefix: str, stage: str):
+        session = boto3.session.Session(
+            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+            region_name=region,
+        )
+        config = Config(retries={"max_attempts": 5, "mode": "standard"})
+        self.client = lambda name: session.client(name, endpoint_url=endpoint, config=config)
+        self.endpoint, self.region, self.prefix, self.stage = endpoint, region, prefix, stage
+        self.sqs = self.client("sqs")
+        self.ddb = self.client("dynamodb")
+        self.apigw = self.client("apigateway")
+        self.iam = self.client("iam")
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}"
+
+    # -- queues -------------------------------------------------------------------------
+    def queue(self, name: str, attributes: dict[str, str]) -> str:
+        try:
+            return self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        except ClientError as err:
+            if err.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+                raise
+            url = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            self.sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+            return url
+
+    def queues(self, spec: dict) -> dict[str, dict[str, str]]:
+        out = {}
+        for key, q in spec.items():
+            dlq_url = self.queue(
+                self.name(f"{key}-dlq"),
+                {"MessageRetentionPeriod": str(q["dlq_retention_secs"])},
+            )
+            dlq_arn = self.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
+            url = self.queue(
+                self.name(key),
+                {
+                    "VisibilityTimeout": str(q["visibility_timeout_secs"]),
+                    "MessageRetentionPeriod": str(q["message_retention_secs"]),
+                    "RedrivePolicy": json.dumps(
+                        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": q["max_receive_count"]}
+                    ),
+                },
+            )
+            out[key] = {"name": self.name(key), "url": url, "dlq_url": dlq_url}
+        return out
+
+    # -- tables -------------------------------------------------------------------------
+    def tables(self, spec: dict) -> dict[str, str]:
+        out = {}
+        for key, t in spec.items():
+            name = self.name(key)
+            keys = [t["partition_key"]] + ([t["sort_key"]] if t.get("sort_key") else [])
+            try:
+                self.ddb.describe_table(TableName=name)
+            except ClientError as err:
+                if err.response["Error"]["Code"] != "ResourceNotFoundException":
+                    raise
+                self.ddb.create_table(
+                    TableName=name,
+                    BillingMode="PAY_PER_REQUEST",
+                    AttributeDefinitions=[
+                        {"AttributeName": k["name"], "AttributeType": k["type"]} for k in keys
+                    ],
+                    KeySchema=[
+                        {"AttributeName": k["name"], "KeyType": kt}
+                        for k, kt in zip(keys, ["HASH", "RANGE"])
+                    ],
+                )
+                self.ddb.get_waiter("table_exists").wait(TableName=name)
+            if t.get("ttl_attribute"):
+                ttl = self.ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+                if ttl.get("TimeToLiveStatus") != "ENABLED":
+                    self.ddb.update_time_to_live(
+                        TableName=name,
+                        TimeToLiveSpecification={"Enabled": True, "AttributeName": t["ttl_attribute"]},
+                    )
+            out[key] = name
+        return out
+
+    # -- API ----------------------------------------------------------------------------
+    def api_role(self) -> str:
+        name = self.name("apigw")
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "apigateway.amazonaws.com"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        try:
+            return self.iam.get_role(RoleName=name)["Role"]["Arn"]
+        except ClientError:
+            return self.iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+    def api(self, spec: dict, queues: dict, tables: dict) -> dict[str, str]:
+        values = {"region": self.region, "account_id": ACCOUNT, "api_role_arn": self.api_role()}
+        for var, ref in spec["template_vars"].items():
+            kind, key = ref.split(":", 1)
+            values[var] = queues[key]["name"] if kind == "queue" else tables[key]
+        body = render((ROOT / spec["document"]).read_text(), values)
+
+        name = self.name("api")
+        existing = [a for a in self.apigw.get_rest_apis(limit=500)["items"] if a["name"] == name]
+        if existing:
+            api_id = existing[0]["id"]
+            self.apigw.put_rest_api(restApiId=api_id, mode="overwrite", body=body.encode(), failOnWarnings=True)
+        else:
+            api_id = self.apigw.import_rest_api(body=body.encode(), failOnWarnings=True)["id"]
+        self.apigw.update_rest_api(restApiId=api_id, patchOperations=[{"op": "replace", "path": "/name", "value": name}])
+        self.apigw.create_deployment(restApiId=api_id, stageName=self.stage, description="provision.py")
+
+        plan_name = self.name("plan")
+        plans = [p for p in self.apigw.get_usage_plans(limit=500)["items"] if p["name"] == plan_name]
+        if plans:
+            plan_id = plans[0]["id"]
+            stages = {(s["apiId"], s["stage"]) for s in plans[0].get("apiStages", [])}
+            if (api_id, self.stage) not in stages:
+                self.apigw.update_usage_plan(
+                    usagePlanId=plan_id,
+                    patchOperations=[{"op": "add", "path": "/apiStages", "value": f"{api_id}:{self.stage}"}],
+                )
+        else:
+            plan_id = self.apigw.create_usage_plan(
+                name=plan_name,
+                apiStages=[{"apiId": api_id, "stage": self.stage}],
+                throttle={"rateLimit": 1000.0, "burstLimit": 2000},
+            )["id"]
+
+        key_name = self.name("key")
+        keys = [k for k in self.apigw.get_api_keys(nameQuery=key_name, includeValues=True, limit=500)["items"] if k["name"] == key_name]
+        key = keys[0] if keys else self.apigw.create_api_key(name=key_name, enabled=True)
+        attached = {k["id"] for k in self.apigw.get_usage_plan_keys(usagePlanId=plan_id, limit=500)["items"]}
+        if key["id"] not in attached:
+            self.apigw.create_usage_plan_key(usagePlanId=plan_id, keyId=key["id"], keyType="API_KEY")
+        return {
+            "id": api_id,
+            "url": f"{self.endpoint}/restapis/{api_id}/{self.stage}/_user_request_",
+            "key": key["value"],
+            "key_id": key["id"],
+        }
+
+
+def worker_env(topology: dict, queues: dict, tables: dict) -> dict[str, dict[str, str]]:
+    out = {}
+    for worker, w in topology["workers"].items():
+        env = {
+            "FLEET_QUEUE_URL": queues[w["queue"]]["url"],
+            "FLEET_DLQ_URL": queues[w["queue"]]["dlq_url"],
+            "FLEET_SHUTDOWN_GRACE_SECS": str(w["shutdown_grace_secs"]),
+        }
+        for var, ref in w.get("env", {}).items():
+            kind, key = ref.split(":", 1)
+            env[var] = queues[key]["url"] if kind == "queue" else tables[key]
+        out[worker] = env
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--endpoint", default=os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"))
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    parser.add_argument("--prefix", default="fleet-", help="prefix of every resource name (default: fleet-)")
+    parser.add_argument("--stage", default="local", help="API stage name (default: local)")
+    parser.add_argument("--topology", default=str(ROOT / "topology.json"))
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.add_argument("--env-file", help="write API_URL=, API_KEY=, AWS_ENDPOINT_URL=... lines to this file")
+    args = parser.parse_args()
+
+    topology = json.loads(Path(args.topology).read_text())
+    p = Provisioner(args.endpoint, args.region, args.prefix, args.stage)
+    queues = p.queues(topology["queues"])
+    tables = p.tables(topology["tables"])
+    api = p.api(topology["api"], queues, tables)
+    result = {
+        "endpoint": args.endpoint,
+        "region": args.region,
+        "prefix": args.prefix,
+        "api": api,
+        "queues": queues,
+        "tables": tables,
+        "workers": worker_env(topology, queues, tables),
+    }
+    if args.env_file:
+        lines = {
+            "API_URL": api["url"],
+            "API_KEY": api["key"],
+            "AWS_ENDPOINT_URL": args.endpoint,
+            "AWS_REGION": args.region,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+        }
+        for key, q in queues.items():
+            lines[f"{key.upper().replace('-', '_')}_QUEUE_URL"] = q["url"]
+            lines[f"{key.upper().replace('-', '_')}_DLQ_URL"] = q["dlq_url"]
+        for key, t in tables.items():
+            lines[f"{key.upper().replace('-', '_')}_TABLE"] = t
+        path = Path(args.env_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

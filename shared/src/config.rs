@@ -1,0 +1,120 @@
+//! Engine configuration: one typed struct, parsed once from flags and environment.
+//!
+//! Every worker binary flattens [`EngineConfig`] and [`TelemetryConfig`] into its own `clap`
+//! parser, so `--help` lists every option with its variable, and a missing required value
+//! fails at start naming the variable. The AWS side (endpoint, region, credentials, profile)
+//! comes from the standard AWS environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`...).
+
+use std::time::Duration;
+
+use crate::backoff::RetrySchedule;
+
+/// Largest `MaxNumberOfMessages` SQS accepts in one `ReceiveMessage`.
+pub const SQS_MAX_BATCH: usize = 10;
+/// Longest long-poll SQS accepts, in seconds.
+pub const SQS_MAX_WAIT_SECS: u32 = 20;
+/// Default number of messages handled at once by one process (four full batches).
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 40;
+/// Default grace period on shutdown: under ECS's default 30 s stop timeout.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+
+/// How the engine consumes one queue.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineConfig {
+    /// URL of the queue this worker consumes.
+    #[arg(long, env = "FLEET_QUEUE_URL", value_name = "FLEET_QUEUE_URL")]
+    pub queue_url: String,
+
+    /// URL of the dead-letter queue for permanent failures. Default: the target of the queue's
+    /// RedrivePolicy (the worker refuses to start when there is neither).
+    #[arg(long, env = "FLEET_DLQ_URL")]
+    pub dlq_url: Option<String>,
+
+    /// Most messages worked on at once by this process (at least one full receive of 10, so
+    /// that a slow message never holds up the next receive).
+    #[arg(long, env = "FLEET_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+          value_parser = clap::value_parser!(u32).range(SQS_MAX_BATCH as i64..=10_000))]
+    pub max_in_flight: u32,
+
+    /// Long-poll wait of each receive, in seconds (0..=20).
+    #[arg(long, env = "FLEET_WAIT_TIME_SECS", default_value_t = SQS_MAX_WAIT_SECS,
+          value_parser = clap::value_parser!(u32).range(0..=SQS_MAX_WAIT_SECS as i64))]
+    pub wait_time_secs: u32,
+
+    /// Visibility timeout asked for on receive, in seconds. Default: the queue's own. Handlers
+    /// that run past half of it get their message's visibility extended (heartbeat).
+    #[arg(long, env = "FLEET_VISIBILITY_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u32).range(1..=43_200))]
+    pub visibility_timeout_secs: Option<u32>,
+
+    /// First retry delay after a transient failure, in milliseconds; doubles per receive.
+    #[arg(long, env = "FLEET_RETRY_BASE_MS", default_value_t = 2_000)]
+    pub retry_base_ms: u64,
+
+    /// Longest retry delay, in seconds (SQS caps visibility at 43200).
+    #[arg(long, env = "FLEET_RETRY_MAX_SECS", default_value_t = 900)]
+    pub retry_max_secs: u64,
+
+    /// On SIGTERM or Ctrl-C: how long in-flight messages may take to finish, in seconds, before
+    /// the rest are handed back to the queue (visibility 0).
+    #[arg(long, env = "FLEET_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_secs: u64,
+
+    /// How long a finished message may wait for others to fill a DeleteMessageBatch, in ms.
+    #[arg(long, env = "FLEET_DELETE_LINGER_MS", default_value_t = 50)]
+    pub delete_linger_ms: u64,
+
+    /// Name of this worker in logs, metrics and dead-letter reasons. Default: the binary's name.
+    #[arg(long, env = "FLEET_WORKER_NAME")]
+    pub worker_name: Option<String>,
+
+    /// Seconds between two metric lines on stdout (CloudWatch Embedded Metric Format); 0 writes
+    /// only the final one at exit.
+    #[arg(long, env = "FLEET_METRICS_INTERVAL_SECS", default_value_t = 60)]
+    pub metrics_interval_secs: u64,
+}
+
+impl EngineConfig {
+    /// A configuration with every default, for a queue (used by tests and tools).
+    pub fn for_queue(queue_url: impl Into<String>) -> Self {
+        Self {
+            queue_url: queue_url.into(),
+            dlq_url: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            wait_time_secs: SQS_MAX_WAIT_SECS,
+            visibility_timeout_secs: None,
+            retry_base_ms: 2_000,
+            retry_max_secs: 900,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            delete_linger_ms: 50,
+            worker_name: None,
+            metrics_interval_secs: 60,
+        }
+    }
+
+    /// The retry schedule these settings describe.
+    pub fn retry_schedule(&self) -> RetrySchedule {
+        RetrySchedule {
+            base: Duration::from_millis(self.retry_base_ms),
+            cap: Duration::from_secs(self.retry_max_secs),
+        }
+    }
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryConfig {
+    /// Log format on stderr: `text` for people, `json` for log pipelines. Levels and targets come
+    /// from `RUST_LOG` (default `info`).
+    #[arg(long, env = "FLEET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the current span's fields.
+    Json,
+}

@@ -1,0 +1,863 @@
+//! The receive loop: long-poll a queue, run the handler on each message with a bounded number
+//! in flight, then delete, retry later or dead-letter according to its [`Outcome`].
+//!
+//! ```text
+//!  ReceiveMessage(10, 20 s) ──► task per message ──► Handler::handle ──► Outcome
+//!        ▲   (semaphore: max_in_flight)   │ heartbeat                 │
+//!        └──────── permits back ◄─────────┘ ChangeMessageVisibility   ├─ Done/Duplicate ─► deleter ─► DeleteMessageBatch
+//!                                                                     ├─ Retry ─► ChangeMessageVisibility(backoff)
+//!                                                                     └─ Permanent ─► SendMessage(DLQ, reason) ─► deleter
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName,
+};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::aws_error::{classify, AwsError};
+use crate::backoff::RetrySchedule;
+use crate::config::{EngineConfig, SQS_MAX_BATCH};
+use crate::message::{Handler, Message};
+use crate::metrics::Metrics;
+use crate::outcome::{Outcome, Reason};
+
+/// SQS allows at most 10 message attributes per message.
+const SQS_MAX_MESSAGE_ATTRIBUTES: usize = 10;
+/// Reason text kept in a dead-letter attribute, in bytes (the whole message must stay < 256 KiB).
+const MAX_REASON_BYTES: usize = 1024;
+/// After the grace period, how long handed-back messages get to reach SQS.
+const HAND_BACK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Attribute names the engine puts on dead-lettered messages.
+pub mod dlq_attributes {
+    /// Stable error kind, e.g. `invalid-json` (filter redrives on it).
+    pub const KIND: &str = "fleet.error.kind";
+    /// Human-readable reason.
+    pub const MESSAGE: &str = "fleet.error.message";
+    /// Worker that gave up on the message.
+    pub const WORKER: &str = "fleet.worker";
+    /// `ApproximateReceiveCount` when it gave up.
+    pub const RECEIVE_COUNT: &str = "fleet.receive-count";
+    /// When it gave up, ms since the epoch.
+    pub const FAILED_AT: &str = "fleet.failed-at";
+    /// URL of the queue it came from (where a redrive sends it back).
+    pub const SOURCE_QUEUE: &str = "fleet.source-queue";
+    /// The original attributes as JSON, when they did not fit beside the reason (SQS allows 10).
+    pub const ORIGINAL_ATTRIBUTES: &str = "fleet.original-attributes";
+}
+
+/// Errors that stop the engine from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The queue's attributes could not be read (wrong URL, no permission, endpoint down).
+    #[error("cannot read the attributes of queue {queue_url}: {source}")]
+    QueueAttributes {
+        /// The queue.
+        queue_url: String,
+        /// Why.
+        source: AwsError,
+    },
+    /// Permanent failures would have nowhere to go.
+    #[error("queue {0} has no RedrivePolicy and no --dlq-url/FLEET_DLQ_URL was given: permanent failures would have nowhere to go")]
+    NoDeadLetterQueue(String),
+    /// The DLQ named by the redrive policy could not be found.
+    #[error("cannot resolve the dead-letter queue {arn}: {source}")]
+    DeadLetterQueue {
+        /// Its ARN, from the redrive policy.
+        arn: String,
+        /// Why.
+        source: AwsError,
+    },
+}
+
+/// What the engine learned about its queue at start.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// The queue consumed.
+    pub queue_url: String,
+    /// Its short name, for logs and metrics.
+    pub queue_name: String,
+    /// Where permanent failures go.
+    pub dlq_url: String,
+    /// Visibility of a received message.
+    pub visibility_timeout: Duration,
+    /// The redrive policy's `maxReceiveCount`: the engine dead-letters a message itself (with
+    /// its reason) when a retry would exceed it.
+    pub max_receive_count: Option<u32>,
+}
+
+/// A worker engine bound to one queue and one handler.
+pub struct Engine<H> {
+    sqs: aws_sdk_sqs::Client,
+    config: EngineConfig,
+    handler: Arc<H>,
+    metrics: Arc<Metrics>,
+}
+
+/// Everything a message task needs; shared by all of them.
+struct Shared<H> {
+    sqs: aws_sdk_sqs::Client,
+    settings: QueueSettings,
+    schedule: RetrySchedule,
+    handler: Arc<H>,
+    metrics: Arc<Metrics>,
+    worker: String,
+    deletes: mpsc::Sender<String>,
+    /// Cancelled when the grace period is over: tasks hand their message back.
+    abort: CancellationToken,
+}
+
+impl<H: Handler> Engine<H> {
+    /// An engine for `config.queue_url`. `metrics` is shared with the handler, which may add
+    /// counters of its own.
+    pub fn new(
+        sqs: aws_sdk_sqs::Client,
+        config: EngineConfig,
+        handler: H,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            sqs,
+            config,
+            handler: Arc::new(handler),
+            metrics,
+        }
+    }
+
+    /// Reads the queue's visibility timeout and redrive policy.
+    ///
+    /// # Errors
+    /// When the queue cannot be read, or it has no dead-letter queue.
+    pub async fn resolve_queue(&self) -> Result<QueueSettings, EngineError> {
+        resolve_queue(&self.sqs, &self.config).await
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: messages in flight get the grace
+    /// period to finish, the rest are handed back (visibility 0). Returns the final counters.
+    ///
+    /// # Errors
+    /// Only at start (see [`Self::resolve_queue`]); once running, AWS errors are retried.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<crate::metrics::Snapshot, EngineError> {
+        let settings = self.resolve_queue().await?;
+        let worker = self
+            .config
+            .worker_name
+            .clone()
+            .unwrap_or_else(|| "worker".to_owned());
+        info!(
+            queue = %settings.queue_name,
+            dlq = %settings.dlq_url,
+            visibility_secs = settings.visibility_timeout.as_secs(),
+            max_receive_count = ?settings.max_receive_count,
+            max_in_flight = self.config.max_in_flight,
+            "engine started"
+        );
+
+        let (deletes, delete_rx) = mpsc::channel(self.config.max_in_flight as usize * 2);
+        let deleter = tokio::spawn(
+            run_deleter(
+                self.sqs.clone(),
+                settings.queue_url.clone(),
+                delete_rx,
+                Duration::from_millis(self.config.delete_linger_ms),
+                self.metrics.clone(),
+            )
+            .instrument(info_span!("deleter", queue = %settings.queue_name)),
+        );
+        let shared = Arc::new(Shared {
+            sqs: self.sqs.clone(),
+            schedule: self.config.retry_schedule(),
+            handler: self.handler.clone(),
+            metrics: self.metrics.clone(),
+            worker: worker.clone(),
+            deletes,
+            abort: CancellationToken::new(),
+            settings,
+        });
+        let reporter = spawn_reporter(
+            &self.metrics,
+            &worker,
+            &shared.settings.queue_name,
+            self.config.metrics_interval_secs,
+            shutdown.clone(),
+        );
+
+        let mut tasks = self.receive_loop(&shared, &shutdown).await;
+
+        // Drain: finish what is in flight within the grace period, hand the rest back.
+        while tasks.try_join_next().is_some() {}
+        let in_flight = tasks.len();
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        info!(in_flight, grace_secs = grace.as_secs(), "draining");
+        let drained = timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(
+                remaining = tasks.len(),
+                "grace period over, handing messages back"
+            );
+            shared.abort.cancel();
+            if timeout(HAND_BACK_DEADLINE, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await
+            .is_err()
+            {
+                tasks.abort_all();
+            }
+        }
+        drop(shared);
+        if timeout(HAND_BACK_DEADLINE, deleter).await.is_err() {
+            warn!("deleter did not finish: undeleted messages will be redelivered");
+        }
+        if let Some(reporter) = reporter {
+            reporter.abort();
+        }
+        self.metrics
+            .emit(&worker, &queue_name(&self.config.queue_url));
+        info!("engine stopped");
+        Ok(self.metrics.snapshot())
+    }
+
+    /// Receives batches until `shutdown`, spawning a task per message.
+    async fn receive_loop(
+        &self,
+        shared: &Arc<Shared<H>>,
+        shutdown: &CancellationToken,
+    ) -> JoinSet<()> {
+        let permits = Arc::new(Semaphore::new(self.config.max_in_flight as usize));
+        let mut tasks = JoinSet::new();
+        let mut errors = receive_backoff();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            // Wait for room for a full batch: keeps receives full (fewer calls per message)
+            // while older, slower messages keep running.
+            let mut batch = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_many_owned(SQS_MAX_BATCH as u32) => {
+                    permit.expect("semaphore never closed")
+                }
+            };
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                received = self.receive(shared) => received,
+            };
+            match received {
+                Ok(messages) => {
+                    errors = receive_backoff();
+                    for message in messages {
+                        let permit = batch.split(1).expect("one permit per message");
+                        tasks.spawn(process(shared.clone(), message, permit));
+                    }
+                }
+                Err(err) => {
+                    let delay = errors.next().unwrap_or(Duration::from_secs(20));
+                    error!(error = %err, retry_in_ms = delay.as_millis() as u64, "receive failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        tasks
+    }
+
+    async fn receive(&self, shared: &Shared<H>) -> Result<Vec<Message>, AwsError> {
+        Metrics::incr(&self.metrics.sqs_calls);
+        let output = self
+            .sqs
+            .receive_message()
+            .queue_url(&shared.settings.queue_url)
+            .max_number_of_messages(SQS_MAX_BATCH as i32)
+            .wait_time_seconds(self.config.wait_time_secs as i32)
+            .set_visibility_timeout(self.config.visibility_timeout_secs.map(|s| s as i32))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let messages: Vec<Message> = output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(Message::from_sdk)
+            .collect();
+        self.metrics
+            .received
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        Ok(messages)
+    }
+}
+
+/// Backoff between failed receives (endpoint down, throttled): 100 ms doubling to 20 s.
+fn receive_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(20))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Handles one message from start to its final queue action.
+async fn process<H: Handler>(
+    shared: Arc<Shared<H>>,
+    message: Message,
+    permit: OwnedSemaphorePermit,
+) {
+    let span = info_span!(
+        "message",
+        message_id = %message.message_id,
+        queue = %shared.settings.queue_name,
+        receive_count = message.receive_count,
+    );
+    async move {
+        shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let outcome = run_handler(&shared, &message).await;
+        drop(permit);
+        shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Some(outcome) = outcome else { return };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        settle(&shared, message, outcome, elapsed_ms).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Runs the handler with a visibility heartbeat. `None` when the message was handed back
+/// because the grace period ran out.
+async fn run_handler<H: Handler>(shared: &Arc<Shared<H>>, message: &Message) -> Option<Outcome> {
+    let handler = shared.handler.clone();
+    let owned = message.clone();
+    // A task of its own, so that a panic is caught as a JoinError.
+    let mut work = tokio::spawn(async move { handler.handle(&owned).await });
+    let visibility = shared.settings.visibility_timeout;
+    let period = (visibility / 2).max(Duration::from_secs(1));
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            joined = &mut work => {
+                return Some(match joined {
+                    Ok(outcome) => outcome,
+                    Err(err) if err.is_panic() => Outcome::retry("panic", "the handler panicked"),
+                    Err(_) => Outcome::retry("cancelled", "the handler task was cancelled"),
+                });
+            }
+            _ = heartbeat.tick() => {
+                debug!(extend_secs = visibility.as_secs(), "heartbeat: extending visibility");
+                if let Err(err) = change_visibility(shared, message, visibility.as_secs() as i32).await {
+                    warn!(error = %err, "heartbeat failed; the message may be delivered twice");
+                }
+            }
+            () = shared.abort.cancelled() => {
+                work.abort();
+                if let Err(err) = change_visibility(shared, message, 0).await {
+                    warn!(error = %err, "hand-back failed; the message returns after its visibility timeout");
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// Carries out an outcome on the queue.
+async fn settle<H: Handler>(
+    shared: &Shared<H>,
+    message: Message,
+    outcome: Outcome,
+    elapsed_ms: u64,
+) {
+    let metrics = &shared.metrics;
+    match outcome {
+        Outcome::Done | Outcome::Duplicate => {
+            let counter = if outcome == Outcome::Done {
+                &metrics.succeeded
+            } else {
+                &metrics.duplicates
+            };
+            Metrics::incr(counter);
+            debug!(outcome = outcome.label(), elapsed_ms, "handled");
+            // The deleter outlives every task, so the send cannot fail while we run.
+            let _ = shared.deletes.send(message.receipt_handle).await;
+        }
+        Outcome::Retry(reason) => {
+            let exhausted = shared
+                .settings
+                .max_receive_count
+                .is_some_and(|max| message.receive_count >= max);
+            if exhausted {
+                let reason = Reason::new(
+                    "retries-exhausted",
+                    format!("{} receives; last error {reason}", message.receive_count),
+                );
+                dead_letter(shared, message, reason).await;
+            } else {
+                retry_later(shared, &message, &reason).await;
+            }
+        }
+        Outcome::Permanent(reason) => dead_letter(shared, message, reason).await,
+    }
+}
+
+async fn retry_later<H: Handler>(shared: &Shared<H>, message: &Message, reason: &Reason) {
+    Metrics::incr(&shared.metrics.retried);
+    let secs = shared
+        .schedule
+        .visibility_secs(message.receive_count, fastrand::f64());
+    warn!(error_kind = %reason.kind, error = %reason.message, retry_in_secs = secs, "transient failure, retrying later");
+    if let Err(err) = change_visibility(shared, message, secs).await {
+        warn!(error = %err, "cannot set the retry delay; the message returns after its visibility timeout");
+    }
+}
+
+/// Sends a copy to the DLQ with the reason, then deletes the original. A crash between the two
+/// leaves a duplicate in the DLQ, never a loss. If the DLQ send fails, the message is retried.
+async fn dead_letter<H: Handler>(shared: &Shared<H>, message: Message, reason: Reason) {
+    error!(error_kind = %reason.kind, error = %reason.message, "permanent failure, dead-lettering");
+    Metrics::incr(&shared.metrics.sqs_calls);
+    let attributes = dead_letter_attributes(
+        &message,
+        &reason,
+        &shared.worker,
+        &shared.settings.queue_url,
+        now_ms(),
+    );
+    let sent = shared
+        .sqs
+        .send_message()
+        .queue_url(&shared.settings.dlq_url)
+        .message_body(&message.body)
+        .set_message_attributes(Some(attributes))
+        .send()
+        .await;
+    match sent {
+        Ok(_) => {
+            Metrics::incr(&shared.metrics.dead_lettered);
+            let _ = shared.deletes.send(message.receipt_handle).await;
+        }
+        Err(err) => {
+            let err = classify(&err);
+            error!(error = %err, "cannot send to the DLQ; retrying the message later");
+            retry_later(
+                shared,
+                &message,
+                &Reason::new("dlq-unavailable", err.to_string()),
+            )
+            .await;
+        }
+    }
+}
+
+/// The attributes of a dead-lettered copy: the original ones, plus the reason. When both do
+/// not fit in SQS's 10, the originals are folded into one JSON attribute.
+pub fn dead_letter_attributes(
+    message: &Message,
+    reason: &Reason,
+    worker: &str,
+    source_queue: &str,
+    now_ms: u64,
+) -> HashMap<String, MessageAttributeValue> {
+    use dlq_attributes as a;
+    let string = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .expect("data type is set")
+    };
+    let number = |v: u64| {
+        MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(v.to_string())
+            .build()
+            .expect("data type is set")
+    };
+    let mut attributes: HashMap<String, MessageAttributeValue> = HashMap::from([
+        (a::KIND.to_owned(), string(&reason.kind)),
+        (
+            a::MESSAGE.to_owned(),
+            string(truncate(&reason.message, MAX_REASON_BYTES)),
+        ),
+        (a::WORKER.to_owned(), string(worker)),
+        (
+            a::RECEIVE_COUNT.to_owned(),
+            number(message.receive_count.into()),
+        ),
+        (a::FAILED_AT.to_owned(), number(now_ms)),
+        (a::SOURCE_QUEUE.to_owned(), string(source_queue)),
+    ]);
+    let originals = message
+        .attributes
+        .iter()
+        .filter(|(name, _)| !name.starts_with("fleet."));
+    if attributes.len() + originals.clone().count() <= SQS_MAX_MESSAGE_ATTRIBUTES {
+        attributes.extend(originals.map(|(k, v)| (k.clone(), v.clone())));
+    } else {
+        let folded: serde_json::Map<String, serde_json::Value> = originals
+            .map(|(k, v)| {
+                let value = serde_json::json!({
+                    "data_type": v.data_type(),
+                    "string_value": v.string_value(),
+                });
+                (k.clone(), value)
+            })
+            .collect();
+        attributes.insert(
+            a::ORIGINAL_ATTRIBUTES.to_owned(),
+            string(&serde_json::Value::Object(folded).to_string()),
+        );
+    }
+    attributes
+}
+
+fn truncate(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+async fn change_visibility<H: Handler>(
+    shared: &Shared<H>,
+    message: &Message,
+    secs: i32,
+) -> Result<(), AwsError> {
+    Metrics::incr(&shared.metrics.sqs_calls);
+    shared
+        .sqs
+        .change_message_visibility()
+        .queue_url(&shared.settings.queue_url)
+        .receipt_handle(&message.receipt_handle)
+        .visibility_timeout(secs)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&e))
+}
+
+/// Collects receipt handles into `DeleteMessageBatch` calls of up to 10, waiting at most
+/// `linger` for a batch to fill. Ends when every sender is gone, after a last flush.
+async fn run_deleter(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    mut receipts: mpsc::Receiver<String>,
+    linger: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(SQS_MAX_BATCH);
+    while let Some(first) = receipts.recv().await {
+        batch.push(first);
+        let deadline = Instant::now() + linger;
+        while batch.len() < SQS_MAX_BATCH {
+            match tokio::time::timeout_at(deadline, receipts.recv()).await {
+                Ok(Some(receipt)) => batch.push(receipt),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        delete_batch(&sqs, &queue_url, std::mem::take(&mut batch), &metrics).await;
+    }
+}
+
+/// Deletes up to 10 messages, retrying failed entries with backoff. What still fails is logged:
+/// those messages come back and are handled again (idempotently).
+async fn delete_batch(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    mut pending: Vec<String>,
+    metrics: &Metrics,
+) {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(5)
+        .build();
+    loop {
+        Metrics::incr(&metrics.sqs_calls);
+        let entries: Vec<_> = pending
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        let result = sqs
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        let retry: Vec<String> = match result {
+            Ok(output) => output
+                .failed
+                .iter()
+                .filter_map(|f| {
+                    let handle = f.id.parse::<usize>().ok().and_then(|i| pending.get(i))?;
+                    if f.sender_fault {
+                        warn!(code = %f.code, "delete refused; the message will be redelivered");
+                        None
+                    } else {
+                        Some(handle.clone())
+                    }
+                })
+                .collect(),
+            Err(err) => {
+                let err = classify(&err);
+                if err.is_retryable() {
+                    warn!(error = %err, "DeleteMessageBatch failed, retrying");
+                    pending
+                } else {
+                    error!(error = %err, count = pending.len(), "DeleteMessageBatch refused; these messages will be redelivered");
+                    Vec::new()
+                }
+            }
+        };
+        if retry.is_empty() {
+            return;
+        }
+        let Some(delay) = delays.next() else {
+            error!(
+                count = retry.len(),
+                "giving up on deletes; these messages will be redelivered"
+            );
+            return;
+        };
+        pending = retry;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn spawn_reporter(
+    metrics: &Arc<Metrics>,
+    worker: &str,
+    queue: &str,
+    interval_secs: u64,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if interval_secs == 0 {
+        return None;
+    }
+    let (metrics, worker, queue) = (metrics.clone(), worker.to_owned(), queue.to_owned());
+    let period = Duration::from_secs(interval_secs);
+    Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => metrics.emit(&worker, &queue),
+            }
+        }
+    }))
+}
+
+async fn resolve_queue(
+    sqs: &aws_sdk_sqs::Client,
+    config: &EngineConfig,
+) -> Result<QueueSettings, EngineError> {
+    let queue_url = config.queue_url.clone();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| EngineError::QueueAttributes {
+            queue_url: queue_url.clone(),
+            source: classify(&e),
+        })?
+        .attributes
+        .unwrap_or_default();
+    let queue_visibility = attributes
+        .get(&QueueAttributeName::VisibilityTimeout)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(30);
+    let visibility_timeout = Duration::from_secs(
+        config
+            .visibility_timeout_secs
+            .map_or(queue_visibility, u64::from),
+    );
+    let redrive = attributes
+        .get(&QueueAttributeName::RedrivePolicy)
+        .and_then(|p| serde_json::from_str::<RedrivePolicy>(p).ok());
+    let max_receive_count = redrive.as_ref().map(|r| r.max_receive_count);
+    let dlq_url = match (&config.dlq_url, redrive) {
+        (Some(url), _) => url.clone(),
+        (None, Some(policy)) => dlq_url_from_arn(sqs, &policy.dead_letter_target_arn).await?,
+        (None, None) => return Err(EngineError::NoDeadLetterQueue(queue_url)),
+    };
+    Ok(QueueSettings {
+        queue_name: queue_name(&queue_url),
+        queue_url,
+        dlq_url,
+        visibility_timeout,
+        max_receive_count,
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RedrivePolicy {
+    dead_letter_target_arn: String,
+    #[serde(deserialize_with = "number_or_string")]
+    max_receive_count: u32,
+}
+
+/// SQS returns `maxReceiveCount` as a number or a string depending on who set it.
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .map(|n| n as u32)
+            .ok_or_else(|| D::Error::custom("not a count")),
+        serde_json::Value::String(s) => s.parse().map_err(D::Error::custom),
+        _ => Err(D::Error::custom("not a count")),
+    }
+}
+use serde::Deserialize as _;
+
+async fn dlq_url_from_arn(sqs: &aws_sdk_sqs::Client, arn: &str) -> Result<String, EngineError> {
+    // arn:aws:sqs:REGION:ACCOUNT:NAME
+    let mut parts = arn.rsplitn(3, ':');
+    let name = parts.next().unwrap_or_default();
+    let account = parts.next().unwrap_or_default();
+    sqs.get_queue_url()
+        .queue_name(name)
+        .queue_owner_aws_account_id(account)
+        .send()
+        .await
+        .map_err(|e| EngineError::DeadLetterQueue {
+            arn: arn.to_owned(),
+            source: classify(&e),
+        })?
+        .queue_url
+        .ok_or_else(|| EngineError::DeadLetterQueue {
+            arn: arn.to_owned(),
+            source: AwsError {
+                class: crate::aws_error::ErrorClass::Permanent,
+                code: "no-url".into(),
+                message: "GetQueueUrl returned no URL".into(),
+            },
+        })
+}
+
+/// The last path segment of a queue URL.
+pub fn queue_name(queue_url: &str) -> String {
+    queue_url.rsplit('/').next().unwrap_or(queue_url).to_owned()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message_with(attrs: usize) -> Message {
+        let attributes = (0..attrs)
+            .map(|i| {
+                let v = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(format!("v{i}"))
+                    .build()
+                    .unwrap();
+                (format!("a{i}"), v)
+            })
+            .collect();
+        Message {
+            message_id: "m".into(),
+            receipt_handle: "r".into(),
+            body: "{}".into(),
+            receive_count: 2,
+            sent_at_ms: None,
+            attributes,
+        }
+    }
+
+    #[test]
+    fn dead_letter_keeps_original_attributes_beside_the_reason() {
+        let reason = Reason::new("conflict", "different payload");
+        let attrs = dead_letter_attributes(&message_with(4), &reason, "w", "http://q/x", 7);
+        assert_eq!(attrs.len(), 10);
+        assert_eq!(attrs["a3"].string_value(), Some("v3"));
+        assert_eq!(attrs[dlq_attributes::KIND].string_value(), Some("conflict"));
+        assert_eq!(
+            attrs[dlq_attributes::RECEIVE_COUNT].string_value(),
+            Some("2")
+        );
+        assert_eq!(attrs[dlq_attributes::FAILED_AT].data_type(), "Number");
+    }
+
+    #[test]
+    fn dead_letter_folds_originals_when_they_do_not_fit() {
+        let reason = Reason::new("conflict", "x".repeat(5000));
+        let attrs = dead_letter_attributes(&message_with(5), &reason, "w", "q", 7);
+        assert!(attrs.len() <= SQS_MAX_MESSAGE_ATTRIBUTES);
+        let folded: serde_json::Value = serde_json::from_str(
+            attrs[dlq_attributes::ORIGINAL_ATTRIBUTES]
+                .string_value()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(folded["a4"]["string_value"], "v4");
+        assert_eq!(
+            attrs[dlq_attributes::MESSAGE].string_value().unwrap().len(),
+            MAX_REASON_BYTES
+        );
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn redrive_policy_count_parses_as_number_or_string() {
+        for text in [
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:q-dlq","maxReceiveCount":3}"#,
+            r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:q-dlq","maxReceiveCount":"3"}"#,
+        ] {
+            let p: RedrivePolicy = serde_json::from_str(text).unwrap();
+            assert_eq!(p.max_receive_count, 3);
+        }
+    }
+
+    #[test]
+    fn queue_name_is_the_last_segment() {
+        assert_eq!(
+            queue_name("http://127.0.0.1:4566/000000000000/payments"),
+            "payments"
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! # queue-fleet engine
+//!
+//! The library every worker binary of the fleet is built on. A worker is a [`Handler`] (plain
+//! business logic returning an [`Outcome`]) plus a thin `main` that parses [`EngineConfig`],
+//! sets up [`telemetry`], builds AWS clients with [`aws`] and calls [`Engine::run`] with a
+//! shutdown token from [`shutdown::signal_token`].
+//!
+//! The engine owns everything queue-shaped: long polling, the bounded pool of messages in
+//! flight, batch deletes, backoff through the visibility timeout, the dead-letter queue with
+//! reasons, the visibility heartbeat, graceful shutdown and the metric lines.
+
+pub mod aws;
+pub mod aws_error;
+pub mod backoff;
+pub mod config;
+pub mod engine;
+pub mod message;
+pub mod metrics;
+pub mod outcome;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use aws_error::{classify, AwsError, ErrorClass};
+pub use config::{EngineConfig, TelemetryConfig};
+pub use engine::{Engine, EngineError};
+pub use message::{Handler, Message};
+pub use metrics::Metrics;
+pub use outcome::{Outcome, Reason};
+pub use tokio_util::sync::CancellationToken;

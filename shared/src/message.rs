@@ -1,0 +1,59 @@
+//! The message a handler sees, and the handler trait itself.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+
+use crate::outcome::Outcome;
+
+/// One SQS message, as received.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// SQS message id (stable across redeliveries).
+    pub message_id: String,
+    /// Handle for this receive; changes on each delivery.
+    pub receipt_handle: String,
+    /// The body, exactly as sent.
+    pub body: String,
+    /// How many times SQS has delivered it, this delivery included (1 for the first).
+    pub receive_count: u32,
+    /// When it was first sent, in ms since the epoch (from `SentTimestamp`).
+    pub sent_at_ms: Option<u64>,
+    /// Its message attributes, kept whole so that a dead-lettered copy keeps them.
+    pub attributes: HashMap<String, MessageAttributeValue>,
+}
+
+impl Message {
+    /// Converts an SDK message; `None` when it lacks an id or a receipt handle (never seen
+    /// from SQS, but the SDK types make both optional).
+    pub fn from_sdk(message: aws_sdk_sqs::types::Message) -> Option<Self> {
+        let system = message.attributes.unwrap_or_default();
+        let number = |name: MessageSystemAttributeName| {
+            system.get(&name).and_then(|v| v.parse::<u64>().ok())
+        };
+        Some(Self {
+            receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
+                .map_or(1, |n| n.min(u64::from(u32::MAX)) as u32),
+            sent_at_ms: number(MessageSystemAttributeName::SentTimestamp),
+            message_id: message.message_id?,
+            receipt_handle: message.receipt_handle?,
+            body: message.body.unwrap_or_default(),
+            attributes: message.message_attributes.unwrap_or_default(),
+        })
+    }
+
+    /// A string (or number) message attribute by name.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.get(name)?.string_value()
+    }
+}
+
+/// The business logic of a worker: handles one message and says what became of it.
+///
+/// Handlers must be idempotent: SQS delivers at least once, and the engine may hand a
+/// message back (shutdown, crash) after the work was done.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. Panics are caught and treated as a retry.
+    fn handle(&self, message: &Message) -> impl Future<Output = Outcome> + Send;
+}

@@ -1,0 +1,223 @@
+//! # payments-worker
+//!
+//! Consumes the payments queue (fed by `PUT /payments/{paymentId}` through API Gateway) and
+//! stores each payment in the payments table with one conditional PutItem that records a hash
+//! of the payload:
+//! - a new payment is written once ([`Outcome::Done`]);
+//! - the same payment again (redelivery, client retry) writes nothing ([`Outcome::Duplicate`]);
+//! - the same key with another payload is a conflict: the row is left untouched and the
+//!   message goes to the DLQ with the reason ([`Outcome::Permanent`]);
+//! - a message that is not a valid payment goes to the DLQ at once;
+//! - DynamoDB throttling, timeouts and 5xx are retried with backoff.
+
+pub mod payment;
+pub mod store;
+
+use clap::Parser;
+use fleet::{EngineConfig, Handler, Message, Outcome, TelemetryConfig};
+
+use crate::payment::{
+    Payment, ATTR_API_KEY_ID, ATTR_PAYMENT_ID, ATTR_RECEIVED_AT, ATTR_REQUEST_ID,
+};
+use crate::store::{Insert, PaymentStore, Provenance};
+
+/// Command line and environment of the `payments-worker` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "payments-worker",
+    version,
+    about = "Stores payments from the payments queue in DynamoDB"
+)]
+pub struct Config {
+    /// Name of the payments table (partition key `paymentId`, sort key `userId`).
+    #[arg(long, env = "PAYMENTS_TABLE", value_name = "PAYMENTS_TABLE")]
+    pub table: String,
+
+    /// How the worker consumes its queue.
+    #[command(flatten)]
+    pub engine: EngineConfig,
+
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// The payments handler, over any [`PaymentStore`].
+#[derive(Debug)]
+pub struct PaymentsHandler<S> {
+    store: S,
+}
+
+impl<S: PaymentStore> PaymentsHandler<S> {
+    /// A handler writing to `store`.
+    pub fn new(store: S) -> Self {
+        Self { store }
+    }
+}
+
+impl<S: PaymentStore> Handler for PaymentsHandler<S> {
+    async fn handle(&self, message: &Message) -> Outcome {
+        let Some(payment_id) = message.attribute(ATTR_PAYMENT_ID) else {
+            return Outcome::permanent(
+                "missing-attribute",
+                format!("message attribute {ATTR_PAYMENT_ID} is missing"),
+            );
+        };
+        let payment = match Payment::parse(payment_id, &message.body) {
+            Ok(payment) => payment,
+            Err(err) => return Outcome::permanent(err.kind(), err.to_string()),
+        };
+        let hash = payment.payload_hash();
+        let provenance = Provenance {
+            request_id: message.attribute(ATTR_REQUEST_ID).map(str::to_owned),
+            api_key_id: message.attribute(ATTR_API_KEY_ID).map(str::to_owned),
+            received_at_ms: message
+                .attribute(ATTR_RECEIVED_AT)
+                .and_then(|v| v.parse().ok())
+                .or(message.sent_at_ms),
+            message_id: message.message_id.clone(),
+        };
+        match self.store.insert(&payment, &hash, &provenance).await {
+            Ok(Insert::Created) => Outcome::Done,
+            Ok(Insert::Exists { payload_hash }) if payload_hash.as_deref() == Some(hash.as_str()) => {
+                Outcome::Duplicate
+            }
+            Ok(Insert::Exists { payload_hash }) => Outcome::permanent(
+                "conflict",
+                format!(
+                    "payment {} for user {} is already stored with another payload (stored hash {}, this one {hash})",
+                    payment.payment_id,
+                    payment.user_id,
+                    payload_hash.as_deref().unwrap_or("none"),
+                ),
+            ),
+            Err(err) => err.into_outcome(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    use fleet::{AwsError, ErrorClass};
+
+    use super::*;
+
+    /// An in-memory store with an optional injected failure.
+    #[derive(Default)]
+    struct FakeStore {
+        rows: Mutex<HashMap<(String, String), String>>,
+        writes: Mutex<u32>,
+        fail: Mutex<Option<AwsError>>,
+    }
+
+    impl PaymentStore for FakeStore {
+        async fn insert(
+            &self,
+            p: &Payment,
+            hash: &str,
+            _: &Provenance,
+        ) -> Result<Insert, AwsError> {
+            if let Some(err) = self.fail.lock().unwrap().clone() {
+                return Err(err);
+            }
+            let mut rows = self.rows.lock().unwrap();
+            let key = (p.payment_id.clone(), p.user_id.clone());
+            if let Some(existing) = rows.get(&key) {
+                return Ok(Insert::Exists {
+                    payload_hash: Some(existing.clone()),
+                });
+            }
+            *self.writes.lock().unwrap() += 1;
+            rows.insert(key, hash.to_owned());
+            Ok(Insert::Created)
+        }
+    }
+
+    fn message(payment_id: Option<&str>, body: &str) -> Message {
+        let mut attributes = HashMap::new();
+        if let Some(id) = payment_id {
+            let v = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(id)
+                .build()
+                .unwrap();
+            attributes.insert(ATTR_PAYMENT_ID.to_owned(), v);
+        }
+        Message {
+            message_id: "m-1".into(),
+            receipt_handle: "r".into(),
+            body: body.into(),
+            receive_count: 1,
+            sent_at_ms: Some(1),
+            attributes,
+        }
+    }
+
+    const BODY: &str = r#"{"userId":"u-1","amount":12.5,"currency":"EUR"}"#;
+
+    #[tokio::test]
+    async fn new_then_same_then_different_payload() {
+        let handler = PaymentsHandler::new(FakeStore::default());
+        assert_eq!(
+            handler.handle(&message(Some("p-1"), BODY)).await,
+            Outcome::Done
+        );
+        assert_eq!(
+            handler.handle(&message(Some("p-1"), BODY)).await,
+            Outcome::Duplicate
+        );
+        let changed = BODY.replace("12.5", "13");
+        match handler.handle(&message(Some("p-1"), &changed)).await {
+            Outcome::Permanent(reason) => assert_eq!(reason.kind, "conflict"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(*handler.store.writes.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_messages_are_permanent_without_a_write() {
+        let handler = PaymentsHandler::new(FakeStore::default());
+        for (id, body, kind) in [
+            (None, BODY, "missing-attribute"),
+            (Some("p-1"), "{not json", "invalid-json"),
+            (
+                Some("p-1"),
+                r#"{"userId":"u","amount":-1,"currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+        ] {
+            match handler.handle(&message(id, body)).await {
+                Outcome::Permanent(reason) => assert_eq!(reason.kind, kind),
+                other => panic!("{body}: expected permanent, got {other:?}"),
+            }
+        }
+        assert_eq!(*handler.store.writes.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn store_errors_follow_their_class() {
+        let handler = PaymentsHandler::new(FakeStore::default());
+        *handler.store.fail.lock().unwrap() = Some(AwsError {
+            class: ErrorClass::Retryable,
+            code: "ProvisionedThroughputExceededException".into(),
+            message: "slow down".into(),
+        });
+        assert!(matches!(
+            handler.handle(&message(Some("p"), BODY)).await,
+            Outcome::Retry(_)
+        ));
+        *handler.store.fail.lock().unwrap() = Some(AwsError {
+            class: ErrorClass::Permanent,
+            code: "ValidationException".into(),
+            message: "bad".into(),
+        });
+        assert!(matches!(
+            handler.handle(&message(Some("p"), BODY)).await,
+            Outcome::Permanent(_)
+        ));
+    }
+}

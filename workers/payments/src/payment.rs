@@ -1,0 +1,287 @@
+//! The payment message: what the gateway enqueues, how it is checked, and its payload hash.
+//!
+//! The body is the client's JSON exactly as sent to `PUT /payments/{paymentId}`; the path id
+//! and request metadata arrive as message attributes set by the API Gateway mapping template.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// Message attribute carrying the payment id from the request path.
+pub const ATTR_PAYMENT_ID: &str = "paymentId";
+/// Message attribute carrying API Gateway's request id.
+pub const ATTR_REQUEST_ID: &str = "requestId";
+/// Message attribute carrying the caller's API key id.
+pub const ATTR_API_KEY_ID: &str = "apiKeyId";
+/// Message attribute carrying the gateway's receive time, ms since the epoch.
+pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+
+/// Largest amount accepted (same bound as the gateway's JSON schema).
+pub const MAX_AMOUNT: f64 = 1_000_000_000.0;
+/// Longest id (payment id, user id) accepted.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest free-text reference accepted.
+pub const MAX_REFERENCE_LEN: usize = 256;
+
+/// The body of `PUT /payments/{paymentId}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Body<'a> {
+    user_id: String,
+    #[serde(borrow)]
+    amount: &'a RawValue,
+    currency: String,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+/// A checked payment, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    /// From the request path: the idempotency key.
+    pub payment_id: String,
+    /// Who pays.
+    pub user_id: String,
+    /// The amount as a canonical decimal string (exact, never through a float).
+    pub amount: String,
+    /// ISO-4217-style code, e.g. `EUR`.
+    pub currency: String,
+    /// Free text from the client.
+    pub reference: Option<String>,
+}
+
+/// Why a message is not a valid payment (always permanent: retrying cannot fix it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPayment {
+    /// The body is not JSON of the payment's shape.
+    #[error("body is not a valid payment: {0}")]
+    Body(String),
+    /// A field breaks a rule.
+    #[error("{field}: {rule}")]
+    Field {
+        /// Which field.
+        field: &'static str,
+        /// What rule it breaks.
+        rule: &'static str,
+    },
+}
+
+impl InvalidPayment {
+    /// The stable kind recorded on the dead-lettered message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Body(_) => "invalid-json",
+            Self::Field { .. } => "invalid-payment",
+        }
+    }
+}
+
+fn is_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_ID_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Payment {
+    /// Parses and checks a body for `payment_id` (the rules of the gateway's schema, checked
+    /// again here because anything may be sent straight to the queue).
+    ///
+    /// # Errors
+    /// [`InvalidPayment`] naming the first rule broken.
+    pub fn parse(payment_id: &str, body: &str) -> Result<Self, InvalidPayment> {
+        let field = |field, rule| InvalidPayment::Field { field, rule };
+        if !is_id(payment_id) {
+            return Err(field("paymentId", "1-64 characters of A-Z a-z 0-9 - _"));
+        }
+        let body: Body<'_> =
+            serde_json::from_str(body).map_err(|e| InvalidPayment::Body(e.to_string()))?;
+        if !is_id(&body.user_id) {
+            return Err(field("userId", "1-64 characters of A-Z a-z 0-9 - _"));
+        }
+        let amount = canonical_decimal(body.amount.get())
+            .ok_or_else(|| field("amount", "must be a plain decimal number"))?;
+        let value: f64 = amount
+            .parse()
+            .map_err(|_| field("amount", "must be a number"))?;
+        if value <= 0.0 || value > MAX_AMOUNT {
+            return Err(field("amount", "must be > 0 and <= 1000000000"));
+        }
+        if body.currency.len() != 3 || !body.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(field("currency", "three upper-case letters (ISO 4217)"));
+        }
+        if body
+            .reference
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REFERENCE_LEN)
+        {
+            return Err(field("reference", "at most 256 characters"));
+        }
+        Ok(Self {
+            payment_id: payment_id.to_owned(),
+            user_id: body.user_id,
+            amount,
+            currency: body.currency,
+            reference: body.reference,
+        })
+    }
+
+    /// SHA-256 of the canonical payload (hex): equal for the same payment however its JSON
+    /// was spaced, ordered or its amount written (`10.50` and `10.5`).
+    pub fn payload_hash(&self) -> String {
+        // serde_json's map is ordered by key, so this serialisation is canonical.
+        let canonical = serde_json::json!({
+            "paymentId": self.payment_id,
+            "userId": self.user_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "reference": self.reference,
+        });
+        let digest = Sha256::digest(canonical.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// `"010.500"` → `"10.5"`; `None` for anything but a plain JSON decimal (no exponent, no sign
+/// other than a leading minus).
+fn canonical_decimal(raw: &str) -> Option<String> {
+    let (negative, digits) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || (digits.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str =
+        r#"{"userId":"u-1","amount":10.50,"currency":"EUR","reference":"a&b=c+d%e \"q\" é"}"#;
+
+    #[test]
+    fn parses_a_valid_payment_exactly() {
+        let p = Payment::parse("p-1", BODY).unwrap();
+        assert_eq!(p.amount, "10.5");
+        assert_eq!(p.reference.as_deref(), Some("a&b=c+d%e \"q\" é"));
+    }
+
+    #[test]
+    fn hash_ignores_spacing_order_and_amount_spelling() {
+        let a = Payment::parse("p-1", BODY).unwrap();
+        let b = Payment::parse(
+            "p-1",
+            r#"{ "currency": "EUR", "reference":"a&b=c+d%e \"q\" é", "amount": 10.5,"userId":"u-1" }"#,
+        )
+        .unwrap();
+        assert_eq!(a.payload_hash(), b.payload_hash());
+        assert_eq!(a.payload_hash().len(), 64);
+    }
+
+    #[test]
+    fn hash_changes_with_any_field() {
+        let base = Payment::parse("p-1", BODY).unwrap();
+        let variants = [
+            Payment::parse("p-2", BODY).unwrap(),
+            Payment::parse("p-1", &BODY.replace("u-1", "u-2")).unwrap(),
+            Payment::parse("p-1", &BODY.replace("10.50", "10.51")).unwrap(),
+            Payment::parse("p-1", &BODY.replace("EUR", "USD")).unwrap(),
+            Payment::parse("p-1", &BODY.replace("a&b", "a&c")).unwrap(),
+            Payment::parse("p-1", r#"{"userId":"u-1","amount":10.50,"currency":"EUR"}"#).unwrap(),
+        ];
+        for v in variants {
+            assert_ne!(base.payload_hash(), v.payload_hash(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_each_rule() {
+        let cases = [
+            ("p-1", "not json", "invalid-json"),
+            (
+                "p-1",
+                r#"{"userId":"u","amount":1,"currency":"EUR","extra":1}"#,
+                "invalid-json",
+            ),
+            ("p-1", r#"{"amount":1,"currency":"EUR"}"#, "invalid-json"),
+            (
+                "p-1",
+                r#"{"userId":"u","amount":"1","currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+            (
+                "p-1",
+                r#"{"userId":"u","amount":0,"currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+            (
+                "p-1",
+                r#"{"userId":"u","amount":-5,"currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+            (
+                "p-1",
+                r#"{"userId":"u","amount":1e3,"currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+            (
+                "p-1",
+                r#"{"userId":"u","amount":2000000000,"currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+            (
+                "p-1",
+                r#"{"userId":"u","amount":1,"currency":"eur"}"#,
+                "invalid-payment",
+            ),
+            (
+                "p-1",
+                r#"{"userId":"","amount":1,"currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+            (
+                "bad id!",
+                r#"{"userId":"u","amount":1,"currency":"EUR"}"#,
+                "invalid-payment",
+            ),
+        ];
+        for (id, body, kind) in cases {
+            let err = Payment::parse(id, body).expect_err(body);
+            assert_eq!(err.kind(), kind, "{body}: {err}");
+        }
+        let long = format!(
+            r#"{{"userId":"u","amount":1,"currency":"EUR","reference":"{}"}}"#,
+            "x".repeat(257)
+        );
+        assert!(Payment::parse("p", &long).is_err());
+    }
+
+    #[test]
+    fn canonical_decimals() {
+        assert_eq!(canonical_decimal("007.2500").as_deref(), Some("7.25"));
+        assert_eq!(canonical_decimal("0.10").as_deref(), Some("0.1"));
+        assert_eq!(canonical_decimal("12").as_deref(), Some("12"));
+        assert_eq!(canonical_decimal("1.").as_deref(), None);
+        assert_eq!(canonical_decimal("1e5").as_deref(), None);
+        assert_eq!(canonical_decimal("\"1\"").as_deref(), None);
+    }
+}
