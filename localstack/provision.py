@@ -177,7 +177,7 @@ class Provisioner:
             self.apigw.create_usage_plan_key(usagePlanId=plan_id, keyId=key["id"], keyType="API_KEY")
         return {
             "id": api_id,
-            "url": f"{self.endpoint}/restapis/{api_id}/{self.stage}/_user_request_",
+            "url": f"{self.endpoint}/_aws/execute-api/{api_id}/{self.stage}",
             "key": key["value"],
             "key_id": key["id"],
         }

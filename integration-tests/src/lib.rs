@@ -1,1 +1,599 @@
-//! x
+//! Test harness for black-box tests against LocalStack.
+//!
+//! Each test provisions its own copy of the fleet's topology with a random name prefix (through
+//! the same `localstack/provision.py` the local run uses, so the real OpenAPI document and
+//! mapping templates are under test), and runs worker binaries as child processes with the
+//! environment the provisioner hands out. Nothing here is a fake: every call goes over HTTP to
+//! LocalStack through the real AWS SDK.
+
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where LocalStack answers (the standard AWS variable, as for the workers).
+pub fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration-tests sits in the workspace")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace: `FLEET_BIN_DIR`, else the profile folder this test
+/// executable was built into (`target/<profile>/deps/..`).
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FLEET_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let parent = exe.parent().expect("exe folder");
+            if parent.ends_with("deps") {
+                parent.parent().expect("profile folder").to_path_buf()
+            } else {
+                parent.to_path_buf()
+            }
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The stack's answer from `provision.py --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Provisioned {
+    pub prefix: String,
+    pub api: Api,
+    pub queues: HashMap<String, Queue>,
+    pub tables: HashMap<String, String>,
+    pub workers: HashMap<String, HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Api {
+    pub id: String,
+    pub url: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Queue {
+    pub name: String,
+    pub url: String,
+    pub dlq_url: String,
+}
+
+/// An isolated copy of the fleet on LocalStack, with clients to look at it.
+pub struct Stack {
+    pub info: Provisioned,
+    pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub http: reqwest::Client,
+}
+
+/// AWS configuration for LocalStack (test credentials unless the environment has others).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(aws_config::Region::new(
+            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned()),
+        ));
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ));
+    }
+    loader.load().await
+}
+
+impl Stack {
+    /// Provisions a fresh copy of the topology under a random prefix.
+    pub async fn provision() -> Result<Self> {
+        let health = format!("{}/_localstack/health", endpoint());
+        reqwest::get(&health).await.with_context(|| {
+            format!(
+                "LocalStack does not answer at {health}: run scripts/test, or localstack/start.sh"
+            )
+        })?;
+        Self::provision_prefix(&format!("t{:08x}-", fastrand::u32(..))).await
+    }
+
+    /// Runs the provisioner again over this stack's prefix.
+    pub async fn reprovision(&self) -> Result<Self> {
+        Self::provision_prefix(&self.info.prefix).await
+    }
+
+    async fn provision_prefix(prefix: &str) -> Result<Self> {
+        let python = std::env::var_os("FLEET_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join(".localstack/venv/bin/python"));
+        let output = Command::new(&python)
+            .arg(root().join("localstack/provision.py"))
+            .args(["--json", "--prefix", prefix, "--endpoint", &endpoint()])
+            .output()
+            .await
+            .with_context(|| format!("running {}", python.display()))?;
+        if !output.status.success() {
+            bail!(
+                "provision.py failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let info: Provisioned = serde_json::from_slice(&output.stdout)?;
+        let sdk = sdk_config().await;
+        Ok(Self {
+            info,
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub fn queue(&self, name: &str) -> &Queue {
+        &self.info.queues[name]
+    }
+
+    pub fn table(&self, name: &str) -> &str {
+        &self.info.tables[name]
+    }
+
+    /// The environment a worker gets from the provisioner, plus the AWS variables.
+    pub fn worker_env(&self, worker: &str) -> HashMap<String, String> {
+        let mut env = self.info.workers[worker].clone();
+        env.insert("AWS_ENDPOINT_URL".into(), endpoint());
+        env.entry("AWS_REGION".into())
+            .or_insert_with(|| "us-east-1".into());
+        for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            env.insert(
+                var.into(),
+                std::env::var(var).unwrap_or_else(|_| "test".into()),
+            );
+        }
+        env.insert("FLEET_LOG_FORMAT".into(), "json".into());
+        env.insert("FLEET_METRICS_INTERVAL_SECS".into(), "1".into());
+        env
+    }
+
+    /// A request to the API, with the stack's API key.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.info.api.url, path))
+            .header("x-api-key", &self.info.api.key)
+    }
+
+    /// Messages visible + in flight + delayed in a queue.
+    pub async fn depth(&self, queue_url: &str) -> Result<u64> {
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await?
+            .attributes
+            .unwrap_or_default();
+        Ok(attrs.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+    }
+
+    /// Receives (and keeps invisible for `visibility_secs`) what a queue holds, up to `max`.
+    pub async fn drain(
+        &self,
+        queue_url: &str,
+        max: usize,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+        let mut all = Vec::new();
+        while all.len() < max {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .visibility_timeout(60)
+                .message_attribute_names("All")
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+                .send()
+                .await?;
+            let batch = out.messages.unwrap_or_default();
+            if batch.is_empty() {
+                break;
+            }
+            all.extend(batch);
+        }
+        Ok(all)
+    }
+
+    /// Sends payments straight to the queue with the attributes the gateway sets.
+    pub async fn send_payments(
+        &self,
+        queue_url: &str,
+        payments: &[(String, String)],
+    ) -> Result<()> {
+        send_payments(&self.sqs, queue_url, payments).await
+    }
+
+    /// Waits until a queue holds messages, and takes them (see [`Self::drain`]).
+    pub async fn wait_for_messages(
+        &self,
+        queue_url: &str,
+        what: &str,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+        eventually(Duration::from_secs(30), what, || async {
+            let messages = self.drain(queue_url, 10).await?;
+            Ok((!messages.is_empty()).then_some(messages))
+        })
+        .await
+    }
+
+    /// Waits until a table holds exactly `n` rows.
+    pub async fn wait_for_rows(&self, table: &str, n: usize, limit: Duration) -> Result<()> {
+        eventually(limit, &format!("{n} rows in {table}"), || async {
+            Ok((self.count_rows(table).await? == n).then_some(()))
+        })
+        .await
+    }
+
+    /// Waits until a queue is empty (nothing visible, in flight or delayed).
+    pub async fn wait_for_empty(&self, queue_url: &str) -> Result<()> {
+        eventually(Duration::from_secs(30), "the queue empty", || async {
+            Ok((self.depth(queue_url).await? == 0).then_some(()))
+        })
+        .await
+    }
+
+    /// Number of rows in a table.
+    pub async fn count_rows(&self, table: &str) -> Result<usize> {
+        let mut count = 0usize;
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamodb
+                .scan()
+                .table_name(table)
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            count += out.count as usize;
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(count);
+            }
+        }
+    }
+
+    /// Creates a queue with a DLQ and the given `maxReceiveCount` (for engine tests that need
+    /// a redrive policy other than the topology's). Returns (queue URL, DLQ URL).
+    pub async fn queue_pair(
+        &self,
+        name: &str,
+        max_receive_count: u32,
+        visibility_secs: u32,
+    ) -> Result<(String, String)> {
+        let name = format!("{}{name}", self.info.prefix);
+        let dlq = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await?
+            .queue_url
+            .context("dlq url")?;
+        let dlq_arn = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&dlq)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await?
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .context("dlq arn")?;
+        let url = self
+            .sqs
+            .create_queue()
+            .queue_name(&name)
+            .attributes(QueueAttributeName::VisibilityTimeout, visibility_secs.to_string())
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
+                    .to_string(),
+            )
+            .send()
+            .await?
+            .queue_url
+            .context("queue url")?;
+        Ok((url, dlq))
+    }
+}
+
+/// Sends payments straight to a queue, in batches of 10, with the attributes the gateway sets.
+pub async fn send_payments(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    payments: &[(String, String)],
+) -> Result<()> {
+    for chunk in payments.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (id, body))| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .message_attributes("paymentId", string_attr(id))
+                    .message_attributes("requestId", string_attr(&format!("direct-{id}")))
+                    .build()
+                    .expect("id and body set")
+            })
+            .collect();
+        let out = sqs
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await?;
+        if !out.failed.is_empty() {
+            bail!("send failed: {:?}", out.failed);
+        }
+    }
+    Ok(())
+}
+
+pub fn string_attr(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data type set")
+}
+
+/// A payment body as a client would send it.
+pub fn payment_body(user: &str, amount: &str) -> String {
+    format!(r#"{{"userId":"{user}","amount":{amount},"currency":"EUR","reference":"test"}}"#)
+}
+
+/// A worker binary running as a child process, its stdout (metric lines) and stderr (JSON logs)
+/// collected.
+pub struct Worker {
+    child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    pub fn spawn(name: &str, env: &HashMap<String, String>) -> Result<Self> {
+        let mut child = Command::new(binary(name))
+            .env_clear()
+            .envs(env)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        let collect = |stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>, echo: bool| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if echo && std::env::var_os("FLEET_TEST_ECHO").is_some() {
+                        eprintln!("{line}");
+                    }
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().expect("piped")), false);
+        let stderr = collect(Box::new(child.stderr.take().expect("piped")), true);
+        Ok(Self {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// The running totals of the latest metric line.
+    pub fn totals(&self) -> HashMap<String, u64> {
+        let lines = self.stdout.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| serde_json::from_value(v["totals"].clone()).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn total(&self, name: &str) -> u64 {
+        self.totals().get(name).copied().unwrap_or(0)
+    }
+
+    /// Waits until the worker's metric lines report `total(name) >= at_least`.
+    pub async fn wait_for_total(&self, name: &str, at_least: u64, limit: Duration) -> Result<()> {
+        eventually(limit, &format!("{name} >= {at_least}"), || async {
+            Ok((self.total(name) >= at_least).then_some(()))
+        })
+        .await
+    }
+
+    /// Log lines (parsed JSON) whose `fields` contain `key`.
+    pub fn log_fields(&self, key: &str) -> Vec<serde_json::Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"].get(key).is_some())
+            .map(|v| v["fields"].clone())
+            .collect()
+    }
+
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} failed");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code and how long the exit took.
+    pub async fn terminate(mut self, limit: Duration) -> Result<(Option<i32>, Duration, Self)> {
+        let started = Instant::now();
+        self.signal("TERM")?;
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .context("worker did not exit in time")??;
+        // Let the output readers catch up with the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok((status.code(), started.elapsed(), self))
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub async fn kill9(mut self) -> Result<()> {
+        self.signal("KILL")?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// Waits for the exit without signalling.
+    pub async fn wait(&mut self) -> Result<Option<i32>> {
+        Ok(self.child.wait().await?.code())
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if started.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A TCP forwarder to LocalStack on a port of its own, optionally adding latency to every
+/// chunk a client sends: a real network path that a test can break (not started yet: the
+/// port refuses connections) or slow down.
+pub struct Proxy {
+    pub port: u16,
+    delay: Duration,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Reserves a port; nothing listens on it until [`Proxy::start`].
+    pub async fn reserve(delay: Duration) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        drop(listener);
+        Ok(Self {
+            port,
+            delay,
+            task: None,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts forwarding to LocalStack.
+    pub async fn start(&mut self) -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await?;
+        let target = endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let delay = self.delay;
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upstream = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = client_read.read(&mut buf).await?;
+                            if n == 0 {
+                                return server_write.shutdown().await;
+                            }
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            server_write.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+                    let _: (std::io::Result<()>, std::io::Result<u64>) =
+                        tokio::join!(upstream, downstream);
+                });
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// `n` distinct payments: (payment id, body).
+pub fn payments(tag: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("{tag}-{i:05}"),
+                payment_body(&format!("user-{}", i % 17), &format!("{}.25", i + 1)),
+            )
+        })
+        .collect()
+}

@@ -57,3 +57,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one message. Panics are caught and treated as a retry.
     fn handle(&self, message: &Message) -> impl Future<Output = Outcome> + Send;
 }
+
+/// A shared handler is a handler (lets a caller keep a handle on its state).
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    fn handle(&self, message: &Message) -> impl Future<Output = Outcome> + Send {
+        H::handle(self, message)
+    }
+}

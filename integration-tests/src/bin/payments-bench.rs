@@ -1,0 +1,147 @@
+//! Benchmark of the payments worker on LocalStack.
+//!
+//! Enqueues N payments (full batches) into a freshly provisioned stack, starts the worker
+//! binary, waits until it has handled all of them, and reports the worker's own cost: drain
+//! rate, CPU time per 1000 messages, peak RSS, SQS calls per message and DynamoDB writes per
+//! new payment. LocalStack (one Python core) is the ceiling for the drain rate on one machine,
+//! so the worker is judged by its own CPU and memory; LocalStack's CPU is printed beside it.
+//!
+//! Run with `scripts/bench` (release build); `--help` lists the options.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use integration_tests::{eventually, payments, root, send_payments, Stack, Worker};
+
+#[derive(Debug, Parser)]
+#[command(about = "Drain N payments through payments-worker on LocalStack and report its cost")]
+struct Args {
+    /// Number of payments to enqueue and drain.
+    #[arg(long, short, default_value_t = 5000)]
+    n: usize,
+    /// Messages in flight in the worker (FLEET_MAX_IN_FLIGHT).
+    #[arg(long, default_value_t = 40)]
+    max_in_flight: u32,
+    /// Concurrent senders while enqueueing.
+    #[arg(long, default_value_t = 4)]
+    senders: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// utime + stime of a process, in ms (from /proc/PID/stat; clock ticks are 100 Hz on Linux).
+fn cpu_ms(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').context("stat format")? + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks * 10)
+}
+
+/// Peak resident set size of a process, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmHWM")
+}
+
+fn localstack_pid() -> Option<u32> {
+    std::fs::read_to_string(root().join(".localstack/localstack.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let stack = Stack::provision().await?;
+    let queue = stack.queue("payments").clone();
+
+    eprintln!("enqueueing {} payments", args.n);
+    let all = payments("bench", args.n);
+    let per_sender = args.n.div_ceil(args.senders).max(1);
+    let mut senders = tokio::task::JoinSet::new();
+    for chunk in all.chunks(per_sender) {
+        let chunk = chunk.to_vec();
+        let sqs = stack.sqs.clone();
+        let url = queue.url.clone();
+        senders.spawn(async move { send_payments(&sqs, &url, &chunk).await });
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent??;
+    }
+
+    let mut env = stack.worker_env("payments-worker");
+    env.insert("FLEET_MAX_IN_FLIGHT".into(), args.max_in_flight.to_string());
+    env.insert("FLEET_LOG_FORMAT".into(), "json".into());
+    env.insert("RUST_LOG".into(), "warn".into());
+    let ls_pid = localstack_pid();
+    let ls_cpu_before = ls_pid.and_then(|p| cpu_ms(p).ok());
+
+    eprintln!("draining with payments-worker");
+    let started = Instant::now();
+    let worker = Worker::spawn("payments-worker", &env)?;
+    let n = args.n as u64;
+    eventually(Duration::from_secs(600), "all payments handled", || async {
+        let t = worker.totals();
+        let handled = ["succeeded", "duplicates", "dead_lettered"]
+            .iter()
+            .map(|k| t.get(*k).copied().unwrap_or(0))
+            .sum::<u64>();
+        Ok((handled >= n).then_some(()))
+    })
+    .await?;
+    let drain_secs = started.elapsed().as_secs_f64();
+    let pid = worker.pid();
+    let worker_cpu = cpu_ms(pid)?;
+    let rss_kib = peak_rss_kib(pid)?;
+    let ls_cpu = match (ls_pid, ls_cpu_before) {
+        (Some(p), Some(before)) => cpu_ms(p).ok().map(|after| after - before),
+        _ => None,
+    };
+    let (code, _, worker) = worker.terminate(Duration::from_secs(60)).await?;
+    if code != Some(0) {
+        bail!("worker exited with {code:?}: {}", worker.stderr_text());
+    }
+    let totals = worker.totals();
+    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    let rows = stack.count_rows(stack.table("payments")).await?;
+
+    let report = serde_json::json!({
+        "n": args.n,
+        "rows_stored": rows,
+        "drain_rate_msgs_per_s": (args.n as f64 / drain_secs * 10.0).round() / 10.0,
+        "drain_secs": (drain_secs * 100.0).round() / 100.0,
+        "worker_cpu_ms_per_1000": (worker_cpu as f64 * 1000.0 / args.n as f64 * 10.0).round() / 10.0,
+        "worker_peak_rss_mb": (rss_kib as f64 / 1024.0 * 10.0).round() / 10.0,
+        "sqs_calls_per_msg": (get("sqs_calls") as f64 / args.n as f64 * 1000.0).round() / 1000.0,
+        "dynamodb_writes_per_new_payment": if get("succeeded") > 0 { get("dynamodb_writes") as f64 / get("succeeded") as f64 } else { 0.0 },
+        "succeeded": get("succeeded"),
+        "duplicates": get("duplicates"),
+        "dead_lettered": get("dead_lettered"),
+        "localstack_cpu_ms_per_msg": ls_cpu.map(|c| (c as f64 / args.n as f64 * 100.0).round() / 100.0),
+        "max_in_flight": args.max_in_flight,
+        "connection": "keep-alive (the worker sends Connection: keep-alive on plain HTTP; LocalStack behind hypercorn)",
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("payments-worker benchmark (release build, N = {})", args.n);
+        for (key, value) in report.as_object().unwrap() {
+            println!("  {key:<34} {value}");
+        }
+    }
+    if rows != args.n {
+        bail!("{rows} rows stored for {} payments", args.n);
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The payments worker under faults: a DynamoDB outage, SIGTERM mid-batch, `kill -9` mid-run.
+//! The worker is the real binary; faults are real (refused connections, signals).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use integration_tests::{payments, Proxy, Stack, Worker};
+
+const WORKER: &str = "payments-worker";
+
+#[tokio::test]
+async fn a_dynamodb_outage_is_retried_with_growing_delays_then_stored() -> Result<()> {
+    let stack = Stack::provision().await?;
+    // Our own queue pair, so that the outage can outlast the topology's 3 receives.
+    let (queue, dlq) = stack.queue_pair("outage", 10, 30).await?;
+    let mut proxy = Proxy::reserve(Duration::ZERO).await?;
+    let mut env = stack.worker_env(WORKER);
+    env.insert("FLEET_QUEUE_URL".into(), queue.clone());
+    env.insert("FLEET_DLQ_URL".into(), dlq.clone());
+    env.insert("FLEET_RETRY_BASE_MS".into(), "1000".into());
+    env.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url());
+    env.insert("AWS_MAX_ATTEMPTS".into(), "1".into());
+    stack.send_payments(&queue, &payments("outage", 1)).await?;
+
+    let worker = Worker::spawn(WORKER, &env)?;
+    worker
+        .wait_for_total("retried", 4, Duration::from_secs(60))
+        .await?;
+    assert_eq!(stack.count_rows(stack.table("payments")).await?, 0);
+    proxy.start().await?; // DynamoDB is back
+    stack
+        .wait_for_rows(stack.table("payments"), 1, Duration::from_secs(60))
+        .await?;
+
+    let delays: Vec<u64> = worker
+        .log_fields("retry_in_secs")
+        .iter()
+        .filter_map(|f| f["retry_in_secs"].as_u64())
+        .collect();
+    assert!(delays.len() >= 4, "{delays:?}");
+    assert!(
+        delays.windows(2).all(|w| w[0] <= w[1]),
+        "delays never shrink: {delays:?}"
+    );
+    assert!(delays[3] > delays[0], "delays grow: {delays:?}");
+    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(code, Some(0));
+    assert_eq!(worker.total("succeeded"), 1);
+    assert_eq!(worker.total("dead_lettered"), 0);
+    assert_eq!(stack.depth(&dlq).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_mid_batch_exits_within_grace_and_loses_nothing() -> Result<()> {
+    const N: usize = 200;
+    const GRACE_SECS: u64 = 5;
+    let stack = Stack::provision().await?;
+    let queue = stack.queue("payments").clone();
+    stack
+        .send_payments(&queue.url, &payments("term", N))
+        .await?;
+
+    // DynamoDB through a slow link (150 ms a request) so that SIGTERM lands mid-run.
+    let mut proxy = Proxy::reserve(Duration::from_millis(150)).await?;
+    proxy.start().await?;
+    let mut env = stack.worker_env(WORKER);
+    env.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url());
+    env.insert("FLEET_SHUTDOWN_GRACE_SECS".into(), GRACE_SECS.to_string());
+    env.insert("FLEET_VISIBILITY_TIMEOUT_SECS".into(), "5".into());
+    env.insert("FLEET_MAX_IN_FLIGHT".into(), "20".into());
+    let worker = Worker::spawn(WORKER, &env)?;
+    worker
+        .wait_for_total("succeeded", 1, Duration::from_secs(60))
+        .await?;
+    let (code, took, first) = worker
+        .terminate(Duration::from_secs(GRACE_SECS + 10))
+        .await?;
+    assert_eq!(code, Some(0), "{}", first.stderr_text());
+    assert!(took < Duration::from_secs(GRACE_SECS), "exited in {took:?}");
+    let done_before = first.total("succeeded");
+    assert!(
+        done_before < N as u64,
+        "SIGTERM landed after the run ({done_before} done)"
+    );
+
+    let second = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    stack
+        .wait_for_rows(stack.table("payments"), N, Duration::from_secs(60))
+        .await?;
+    stack.wait_for_empty(&queue.url).await?;
+    let (_, _, second) = second.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(
+        done_before + second.total("succeeded"),
+        N as u64,
+        "each payment written exactly once (the rest were duplicates)"
+    );
+    assert_eq!(
+        stack.depth(&queue.dlq_url).await?,
+        0,
+        "nothing dead-lettered"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_loses_nothing_after_a_restart() -> Result<()> {
+    const N: usize = 1000;
+    let stack = Stack::provision().await?;
+    let queue = stack.queue("payments").clone();
+    stack
+        .send_payments(&queue.url, &payments("kill", N))
+        .await?;
+
+    let mut env = stack.worker_env(WORKER);
+    env.insert("FLEET_VISIBILITY_TIMEOUT_SECS".into(), "5".into());
+    let worker = Worker::spawn(WORKER, &env)?;
+    worker
+        .wait_for_total("succeeded", 50, Duration::from_secs(60))
+        .await?;
+    let seen = worker.total("succeeded");
+    worker.kill9().await?;
+    let stored_at_kill = stack.count_rows(stack.table("payments")).await?;
+    assert!(
+        stored_at_kill < N,
+        "the kill landed mid-run (seen {seen}, stored {stored_at_kill})"
+    );
+
+    let restarted = Worker::spawn(WORKER, &env)?;
+    stack
+        .wait_for_rows(stack.table("payments"), N, Duration::from_secs(120))
+        .await?;
+    stack.wait_for_empty(&queue.url).await?;
+    let (code, _, restarted) = restarted.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(code, Some(0));
+    assert_eq!(restarted.total("dead_lettered"), 0);
+    assert_eq!(stack.depth(&queue.dlq_url).await?, 0, "nothing in the DLQ");
+    assert_eq!(stack.count_rows(stack.table("payments")).await?, N);
+    Ok(())
+}
