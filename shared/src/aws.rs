@@ -3,6 +3,10 @@
 //! Configuration comes from the standard AWS chain (`AWS_ENDPOINT_URL`, `AWS_REGION`,
 //! `AWS_PROFILE`, credentials...). Clients are built once and cloned.
 
+use std::time::Duration;
+
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
@@ -10,9 +14,27 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
+/// How long a TCP connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one attempt of any call may take: above the 20 s long poll, so that a hung
+/// endpoint fails a call (and is retried) instead of stalling a worker.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(40);
+
 /// Loads the shared AWS configuration from the environment.
+///
+/// Stalled-stream protection is off: its per-body throughput bookkeeping was a measurable share
+/// of a worker's CPU for small JSON calls, and [`ATTEMPT_TIMEOUT`] covers what it guards.
 pub async fn load_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    aws_config::defaults(BehaviorVersion::latest())
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await
 }
 
 /// An SQS client with the engine's interceptors.

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod message;
 pub mod metrics;
 pub mod outcome;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -26,4 +27,5 @@ pub use engine::{Engine, EngineError};
 pub use message::{Handler, Message};
 pub use metrics::Metrics;
 pub use outcome::{Outcome, Reason};
+pub use runtime::RuntimeConfig;
 pub use tokio_util::sync::CancellationToken;

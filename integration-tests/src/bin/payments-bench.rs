@@ -23,6 +23,9 @@ struct Args {
     /// Messages in flight in the worker (FLEET_MAX_IN_FLIGHT).
     #[arg(long, default_value_t = 40)]
     max_in_flight: u32,
+    /// Runtime threads in the worker (FLEET_WORKER_THREADS; 1 = single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    worker_threads: u16,
     /// Concurrent senders while enqueueing.
     #[arg(long, default_value_t = 4)]
     senders: usize,
@@ -84,6 +87,10 @@ async fn main() -> Result<()> {
     env.insert("FLEET_MAX_IN_FLIGHT".into(), args.max_in_flight.to_string());
     env.insert("FLEET_LOG_FORMAT".into(), "json".into());
     env.insert("RUST_LOG".into(), "warn".into());
+    env.insert(
+        "FLEET_WORKER_THREADS".into(),
+        args.worker_threads.to_string(),
+    );
     let ls_pid = localstack_pid();
     let ls_cpu_before = ls_pid.and_then(|p| cpu_ms(p).ok());
 
@@ -130,6 +137,7 @@ async fn main() -> Result<()> {
         "dead_lettered": get("dead_lettered"),
         "localstack_cpu_ms_per_msg": ls_cpu.map(|c| (c as f64 / args.n as f64 * 100.0).round() / 100.0),
         "max_in_flight": args.max_in_flight,
+        "worker_threads": args.worker_threads,
         "connection": "keep-alive (the worker sends Connection: keep-alive on plain HTTP; LocalStack behind hypercorn)",
     });
     if args.json {

@@ -14,7 +14,7 @@ pub mod payment;
 pub mod store;
 
 use clap::Parser;
-use fleet::{EngineConfig, Handler, Message, Outcome, TelemetryConfig};
+use fleet::{EngineConfig, Handler, Message, Outcome, RuntimeConfig, TelemetryConfig};
 
 use crate::payment::{
     Payment, ATTR_API_KEY_ID, ATTR_PAYMENT_ID, ATTR_RECEIVED_AT, ATTR_REQUEST_ID,
@@ -40,6 +40,10 @@ pub struct Config {
     /// Logging.
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// Threads.
+    #[command(flatten)]
+    pub runtime: RuntimeConfig,
 }
 
 /// The payments handler, over any [`PaymentStore`].
