@@ -1,5 +1,7 @@
 # Shared by the scripts: paths, the build folder, LocalStack start/stop bookkeeping.
 FLEET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The tests and the benchmark find provision.py and the API document here.
+export FLEET_ROOT
 # A build folder outside the clone survives fresh clones (CI) and `git clean`.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/queue-fleet/target}"
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"

@@ -25,9 +25,20 @@ pub fn endpoint() -> String {
     std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
 }
 
-/// The workspace root.
+/// The workspace root: `FLEET_ROOT`, else the crate folder cargo names at run time, else the
+/// one it named at build time.
+///
+/// Run time first: builds share a `CARGO_TARGET_DIR` across clones (CI's fresh clone, a
+/// developer's tree), and cargo reuses a test binary built in another clone, whose compile-time
+/// path would point the tests at that clone's provisioner and API document.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    if let Some(root) = std::env::var_os("FLEET_ROOT") {
+        return PathBuf::from(root);
+    }
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    Path::new(&manifest_dir)
         .parent()
         .expect("integration-tests sits in the workspace")
         .to_path_buf()
