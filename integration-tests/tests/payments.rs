@@ -205,6 +205,24 @@ async fn gateway_rejects_bad_requests_and_enqueues_nothing() -> Result<()> {
         assert!(answer.is_object(), "{rule}: the error is JSON: {answer}");
     }
 
+    // Path ids the worker could not store: API Gateway cannot check path patterns, so the
+    // mapping template does (and SQS refuses what it then sends).
+    let long_id = "i".repeat(65);
+    for bad_id in [
+        "bad%20id",
+        "quote%27s",
+        "new%0Aline",
+        "caf%C3%A9",
+        long_id.as_str(),
+    ] {
+        let (status, answer) = put_payment(&stack, bad_id, &good).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad_id}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("paymentId"),
+            "{answer}"
+        );
+    }
+
     // A non-JSON content type: AWS answers 415 (no template for it, passthrough never);
     // LocalStack answers 400. Either way a 4xx and nothing queued.
     let response = stack
@@ -225,8 +243,9 @@ async fn gateway_rejects_bad_requests_and_enqueues_nothing() -> Result<()> {
     );
     assert_eq!(stack.depth(&queue).await?, 0);
 
-    // The same request with a key and a valid body does get through.
-    let (status, _) = put_payment(&stack, "p-1", &good).await?;
+    // The same request with a key, a valid body and a valid id (64 characters) gets through.
+    let max_id = "m".repeat(64);
+    let (status, _) = put_payment(&stack, &max_id, &good).await?;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(stack.drain(&queue, 10).await?.len(), 1);
     Ok(())
