@@ -343,18 +343,30 @@ pub async fn send_payments(
     queue_url: &str,
     payments: &[(String, String)],
 ) -> Result<()> {
+    send_payments_with(sqs, queue_url, payments, &[]).await
+}
+
+/// [`send_payments`] with extra string attributes on every message.
+pub async fn send_payments_with(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    payments: &[(String, String)],
+    extra: &[(&str, &str)],
+) -> Result<()> {
     for chunk in payments.chunks(10) {
         let entries = chunk
             .iter()
             .enumerate()
             .map(|(i, (id, body))| {
-                SendMessageBatchRequestEntry::builder()
+                let mut entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(body)
                     .message_attributes("paymentId", string_attr(id))
-                    .message_attributes("requestId", string_attr(&format!("direct-{id}")))
-                    .build()
-                    .expect("id and body set")
+                    .message_attributes("requestId", string_attr(&format!("direct-{id}")));
+                for (name, value) in extra {
+                    entry = entry.message_attributes(*name, string_attr(value));
+                }
+                entry.build().expect("id and body set")
             })
             .collect();
         let out = sqs
@@ -607,4 +619,46 @@ pub fn payments(tag: &str, n: usize) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// A `fleetctl` command for a stack's prefix, with the AWS environment.
+pub fn fleetctl_command(stack: &Stack, args: &[&str]) -> Command {
+    let mut command = Command::new(binary("fleetctl"));
+    command
+        .args(args)
+        .env("FLEET_PREFIX", &stack.info.prefix)
+        .envs(
+            stack
+                .worker_env("payments-worker")
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("AWS_")),
+        )
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `fleetctl` against a stack's prefix; returns (exit code, stdout, stderr).
+pub async fn fleetctl(stack: &Stack, args: &[&str]) -> Result<(i32, String, String)> {
+    let out = fleetctl_command(stack, args).output().await?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Puts payment messages straight into a DLQ the way the engine dead-letters them.
+pub async fn dead_letter_payments(
+    stack: &Stack,
+    kind: &str,
+    payments: &[(String, String)],
+) -> Result<()> {
+    let queue = stack.queue("payments").clone();
+    let reason = [
+        ("fleet.error.kind", kind),
+        ("fleet.error.message", "test"),
+        ("fleet.worker", "payments-worker"),
+        ("fleet.source-queue", queue.url.as_str()),
+    ];
+    send_payments_with(&stack.sqs, &queue.dlq_url, payments, &reason).await
 }

@@ -20,6 +20,7 @@ pub mod outcome;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topology;
 
 pub use aws_error::{classify, AwsError, ErrorClass};
 pub use config::{EngineConfig, TelemetryConfig};

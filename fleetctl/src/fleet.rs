@@ -1,0 +1,176 @@
+//! The fleet as the CLI sees it: the topology's queues under a name prefix, resolved to URLs.
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use fleet::topology::{Topology, DLQ_SUFFIX};
+
+/// Visible, in-flight and delayed messages of one queue.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Ready to be received.
+    pub(crate) visible: u64,
+    /// Received, not yet deleted or made visible again.
+    pub(crate) in_flight: u64,
+    /// Sent with a delay that has not passed yet.
+    pub(crate) delayed: u64,
+}
+
+impl Counts {
+    /// Everything the queue holds.
+    pub(crate) fn total(&self) -> u64 {
+        self.visible + self.in_flight + self.delayed
+    }
+}
+
+/// The topology's queues under a prefix, with an SQS client.
+pub(crate) struct Fleet {
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) prefix: String,
+    pub(crate) topology: Topology,
+}
+
+impl Fleet {
+    /// Checks that `key` names a queue of the topology.
+    pub(crate) fn check(&self, key: &str) -> Result<()> {
+        if !self.topology.queues.contains_key(key) {
+            let known: Vec<&str> = self.topology.queues.keys().map(String::as_str).collect();
+            bail!(
+                "unknown queue '{key}': the topology has {}",
+                known.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// URL of the queue named `key` in the topology (`dlq` for its dead-letter queue).
+    pub(crate) async fn url(&self, key: &str, dlq: bool) -> Result<String> {
+        self.check(key)?;
+        let name = format!("{}{key}{}", self.prefix, if dlq { DLQ_SUFFIX } else { "" });
+        self.sqs
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+            .map_err(|e| fleet::classify(&e))
+            .with_context(|| format!("queue {name} not found (is --prefix / FLEET_PREFIX right?)"))?
+            .queue_url
+            .context("GetQueueUrl returned no URL")
+    }
+
+    /// The queue's ARN.
+    pub(crate) async fn arn(&self, url: &str) -> Result<String> {
+        self.sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| fleet::classify(&e))?
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .context("no QueueArn")
+    }
+
+    /// Message counts of a queue.
+    pub(crate) async fn counts(&self, url: &str) -> Result<Counts> {
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| fleet::classify(&e))?
+            .attributes
+            .unwrap_or_default();
+        let get =
+            |name: QueueAttributeName| attrs.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Counts {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+
+    /// Receives up to `max` messages, keeping them invisible for `visibility_secs`.
+    pub(crate) async fn receive(
+        &self,
+        url: &str,
+        max: i32,
+        wait_secs: i32,
+        visibility_secs: i32,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+        Ok(self
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(wait_secs)
+            .visibility_timeout(visibility_secs)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| fleet::classify(&e))?
+            .messages
+            .unwrap_or_default())
+    }
+
+    /// Makes messages visible again at once (what a non-consuming read ends with).
+    pub(crate) async fn hand_back(&self, url: &str, receipts: &[String]) -> Result<()> {
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        for chunk in receipts.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    Entry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(0)
+                        .build()
+                        .expect("id and receipt set")
+                })
+                .collect();
+            self.sqs
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| fleet::classify(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `max` messages without consuming them: they are received, then handed back.
+    pub(crate) async fn read_all(
+        &self,
+        url: &str,
+        max: usize,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut messages = Vec::new();
+        while messages.len() < max {
+            let batch = self
+                .receive(url, (max - messages.len()).min(10) as i32, 1, 60)
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                if seen.insert(m.message_id.clone().unwrap_or_default()) {
+                    messages.push(m);
+                }
+            }
+        }
+        let receipts: Vec<String> = messages
+            .iter()
+            .filter_map(|m| m.receipt_handle.clone())
+            .collect();
+        self.hand_back(url, &receipts).await?;
+        Ok(messages)
+    }
+}

@@ -1,0 +1,197 @@
+//! `fleetctl`: operate the queue-fleet.
+//!
+//! `status` shows every queue of the topology with its DLQ (exit code 2 when any DLQ holds
+//! messages, for cron and alerts); `dlq peek|redrive|export|purge` work on one queue's DLQ.
+//! Configured like the workers: the standard AWS environment, plus the name prefix of the
+//! deployment (`FLEET_PREFIX`, `fleet-` for the local stack).
+
+mod dlq;
+mod fleet;
+mod status;
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::fleet::Fleet;
+
+/// Exit code of `status` when a dead-letter queue holds messages.
+const EXIT_DLQ_NOT_EMPTY: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Operate the queue-fleet: queue status and dead-letter queues"
+)]
+struct Cli {
+    /// Prefix of every resource name of the deployment (`fleet-` for the local stack).
+    #[arg(long, env = "FLEET_PREFIX", default_value = "fleet-", global = true)]
+    prefix: String,
+
+    /// The topology file; default: the one built into fleetctl.
+    #[arg(long, env = "FLEET_TOPOLOGY", global = true)]
+    topology: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every queue with visible / in-flight / delayed counts and its DLQ. Exits 2 when any DLQ
+    /// holds messages.
+    Status {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every this many seconds until Ctrl-C.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
+    },
+    /// Work on a queue's dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Show messages with their failure reasons, without consuming them.
+    Peek {
+        /// Queue name from the topology (e.g. `payments`).
+        queue: String,
+        /// How many messages at most.
+        #[arg(short, default_value_t = 10)]
+        n: usize,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move messages back to their source queue.
+    Redrive {
+        /// Queue name from the topology (e.g. `payments`).
+        queue: String,
+        /// Messages per second at most.
+        #[arg(long, default_value = "50")]
+        max_per_second: NonZeroU32,
+        /// Only messages matching `reason=KIND` (their `fleet.error.kind`).
+        #[arg(long, value_parser = parse_filter)]
+        filter: Option<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        max: Option<u64>,
+        /// `auto`: SQS's move task when there is no filter or limit (falls back to `batch`).
+        #[arg(long, value_enum, default_value_t = dlq::Method::Auto)]
+        method: dlq::Method,
+    },
+    /// Write every message (body, attributes, ids) to a JSON Lines file, leaving them in place.
+    Export {
+        /// Queue name from the topology (e.g. `payments`).
+        queue: String,
+        /// The file to write.
+        file: PathBuf,
+    },
+    /// Delete every message of the DLQ (asks first unless --yes).
+    Purge {
+        /// Queue name from the topology (e.g. `payments`).
+        queue: String,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn parse_filter(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some(("reason", kind)) if !kind.is_empty() => Ok(kind.to_owned()),
+        _ => Err(format!(
+            "expected reason=KIND (e.g. reason=conflict), got '{text}'"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("fleetctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let topology = match &cli.topology {
+        Some(path) => ::fleet::topology::Topology::load(path)?,
+        None => ::fleet::topology::Topology::builtin(),
+    };
+    let sdk = ::fleet::aws::load_config().await;
+    let fleet = Fleet {
+        sqs: ::fleet::aws::sqs_client(&sdk),
+        prefix: cli.prefix,
+        topology,
+    };
+    match cli.command {
+        Command::Status { json, watch } => loop {
+            let rows = status::collect(&fleet).await?;
+            let dlq_total: u64 = rows.iter().map(|r| r.dlq_depth).sum();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"queues": rows, "dlq_total": dlq_total})
+                );
+            } else {
+                if watch.is_some() {
+                    print!("\x1b[2J\x1b[H"); // clear the screen
+                }
+                print!("{}", status::table(&rows));
+            }
+            match watch {
+                Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+                None if dlq_total > 0 => return Ok(ExitCode::from(EXIT_DLQ_NOT_EMPTY)),
+                None => return Ok(ExitCode::SUCCESS),
+            }
+        },
+        Command::Dlq { command } => {
+            match command {
+                DlqCommand::Peek { queue, n, json } => dlq::peek(&fleet, &queue, n, json).await?,
+                DlqCommand::Redrive {
+                    queue,
+                    max_per_second,
+                    filter,
+                    max,
+                    method,
+                } => {
+                    let opts = dlq::Redrive {
+                        max_per_second,
+                        reason: filter,
+                        max,
+                        method,
+                    };
+                    let summary = dlq::redrive(&fleet, &queue, &opts).await?;
+                    println!("{}", serde_json::to_string(&summary)?);
+                }
+                DlqCommand::Export { queue, file } => {
+                    let n = dlq::export(&fleet, &queue, &file).await?;
+                    eprintln!("{n} message(s) written to {}", file.display());
+                }
+                DlqCommand::Purge { queue, yes } => {
+                    let n = dlq::purge(&fleet, &queue, yes).await.context("purge")?;
+                    eprintln!("purged about {n} message(s)");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The fleet's topology (`topology.json`): queues, tables, workers, written once and read by
+//! the local provisioner, Terraform and the ops CLI alike.
+//!
+//! Resource names in the file are suffixes; a deployment prefixes them (`fleet-` locally,
+//! `<project>-<env>-` in Terraform). A queue `payments` is `<prefix>payments` with its
+//! dead-letter queue `<prefix>payments-dlq`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The topology as shipped with this build.
+pub const BUILTIN: &str = include_str!("../../topology.json");
+
+/// Suffix of every dead-letter queue's name.
+pub const DLQ_SUFFIX: &str = "-dlq";
+
+/// The parts of `topology.json` the Rust side reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Topology {
+    /// Queues by name (without prefix).
+    pub queues: BTreeMap<String, QueueSpec>,
+}
+
+/// One queue and its dead-letter queue.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueSpec {
+    /// What feeds it and what consumes it.
+    #[serde(default)]
+    pub description: String,
+    /// Visibility timeout, seconds.
+    pub visibility_timeout_secs: u32,
+    /// Receives before SQS moves a message to the DLQ.
+    pub max_receive_count: u32,
+    /// The worker binary consuming it.
+    pub worker: String,
+}
+
+/// Errors reading a topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid topology.
+    #[error("invalid topology: {0}")]
+    Parse(#[from] serde_json::Error),
+}
+
+impl Topology {
+    /// The topology built into this binary.
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN).expect("the built-in topology.json is valid")
+    }
+
+    /// Parses a topology document.
+    ///
+    /// # Errors
+    /// When it is not valid JSON of the topology's shape.
+    pub fn parse(text: &str) -> Result<Self, TopologyError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// Reads a topology file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_topology_parses_and_names_the_payments_queue() {
+        let t = Topology::builtin();
+        let payments = &t.queues["payments"];
+        assert_eq!(payments.max_receive_count, 3);
+        assert_eq!(payments.worker, "payments-worker");
+    }
+}
