@@ -457,6 +457,16 @@ impl Worker {
         self.totals().get(name).copied().unwrap_or(0)
     }
 
+    /// A point-in-time value (`concurrency`, `in_flight`) of the latest metric line.
+    pub fn gauge(&self, name: &str) -> Option<u64> {
+        let lines = self.stdout.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v[name].as_u64())
+    }
+
     /// Waits until the worker's metric lines report `total(name) >= at_least`.
     pub async fn wait_for_total(&self, name: &str, at_least: u64, limit: Duration) -> Result<()> {
         eventually(limit, &format!("{name} >= {at_least}"), || async {

@@ -15,6 +15,8 @@ pub const SQS_MAX_BATCH: usize = 10;
 pub const SQS_MAX_WAIT_SECS: u32 = 20;
 /// Default number of messages handled at once by one process (four full batches).
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 40;
+/// Default least concurrency: one full receive.
+pub const DEFAULT_MIN_CONCURRENCY: u32 = 10;
 /// Default grace period on shutdown: under ECS's default 30 s stop timeout.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 
@@ -30,11 +32,36 @@ pub struct EngineConfig {
     #[arg(long, env = "FLEET_DLQ_URL")]
     pub dlq_url: Option<String>,
 
-    /// Most messages worked on at once by this process (at least one full receive of 10, so
-    /// that a slow message never holds up the next receive).
+    /// Most messages worked on at once by this process (the scaler's maximum; at least one
+    /// full receive of 10, so that a slow message never holds up the next receive).
     #[arg(long, env = "FLEET_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
           value_parser = clap::value_parser!(u32).range(SQS_MAX_BATCH as i64..=10_000))]
     pub max_in_flight: u32,
+
+    /// Least messages worked on at once (the scaler's minimum). Equal to --max-in-flight turns
+    /// the scaler off.
+    #[arg(long, env = "FLEET_MIN_CONCURRENCY", default_value_t = DEFAULT_MIN_CONCURRENCY,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub min_concurrency: u32,
+
+    /// Messages of backlog (visible + in flight, per process) that one unit of concurrency
+    /// should carry: acceptable latency ÷ time per message.
+    #[arg(long, env = "FLEET_TARGET_BACKLOG_PER_UNIT", default_value_t = 10.0)]
+    pub target_backlog_per_unit: f64,
+
+    /// Worker processes sharing the queue: the backlog is divided by this.
+    #[arg(long, env = "FLEET_SCALER_PROCESSES", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub scaler_processes: u32,
+
+    /// Seconds between two looks at the backlog.
+    #[arg(long, env = "FLEET_SCALER_INTERVAL_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub scaler_interval_secs: u64,
+
+    /// Seconds after a change before concurrency may go down.
+    #[arg(long, env = "FLEET_SCALE_DOWN_COOLDOWN_SECS", default_value_t = 60)]
+    pub scale_down_cooldown_secs: u64,
 
     /// Long-poll wait of each receive, in seconds (0..=20).
     #[arg(long, env = "FLEET_WAIT_TIME_SECS", default_value_t = SQS_MAX_WAIT_SECS,
@@ -81,6 +108,11 @@ impl EngineConfig {
             queue_url: queue_url.into(),
             dlq_url: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            min_concurrency: DEFAULT_MIN_CONCURRENCY,
+            target_backlog_per_unit: 10.0,
+            scaler_processes: 1,
+            scaler_interval_secs: 10,
+            scale_down_cooldown_secs: 60,
             wait_time_secs: SQS_MAX_WAIT_SECS,
             visibility_timeout_secs: None,
             retry_base_ms: 2_000,
@@ -89,6 +121,17 @@ impl EngineConfig {
             delete_linger_ms: 50,
             worker_name: None,
             metrics_interval_secs: 60,
+        }
+    }
+
+    /// The scaling rule these settings describe.
+    pub fn scaler_policy(&self) -> crate::scaler::ScalerPolicy {
+        crate::scaler::ScalerPolicy {
+            min: self.min_concurrency.min(self.max_in_flight),
+            max: self.max_in_flight,
+            target_backlog_per_unit: self.target_backlog_per_unit,
+            processes: self.scaler_processes,
+            scale_down_cooldown: Duration::from_secs(self.scale_down_cooldown_secs),
         }
     }
 

@@ -19,7 +19,7 @@ use aws_sdk_sqs::types::{
     QueueAttributeName,
 };
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -31,11 +31,14 @@ use crate::config::{EngineConfig, SQS_MAX_BATCH};
 use crate::message::{Handler, Message};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, Reason};
+use crate::scaler::{Limit, Scaler, ScalerPolicy};
 
 /// SQS allows at most 10 message attributes per message.
 const SQS_MAX_MESSAGE_ATTRIBUTES: usize = 10;
 /// Reason text kept in a dead-letter attribute, in bytes (the whole message must stay < 256 KiB).
 const MAX_REASON_BYTES: usize = 1024;
+/// How long the receive loop waits for a batch's worth of room once some is free.
+const BATCH_FILL_WAIT: Duration = Duration::from_millis(50);
 /// After the grace period, how long handed-back messages get to reach SQS.
 const HAND_BACK_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -116,6 +119,8 @@ struct Shared<H> {
     deletes: mpsc::Sender<String>,
     /// Cancelled when the grace period is over: tasks hand their message back.
     abort: CancellationToken,
+    /// How many messages may be worked on at once; the scaler resizes it.
+    limit: Limit,
 }
 
 impl<H: Handler> Engine<H> {
@@ -186,8 +191,15 @@ impl<H: Handler> Engine<H> {
             worker: worker.clone(),
             deletes,
             abort: CancellationToken::new(),
+            limit: Limit::new(self.config.scaler_policy().min),
             settings,
         });
+        let scaler = spawn_scaler(
+            &shared,
+            self.config.scaler_policy(),
+            &self.config,
+            shutdown.clone(),
+        );
         let reporter = spawn_reporter(
             &self.metrics,
             &worker,
@@ -226,6 +238,7 @@ impl<H: Handler> Engine<H> {
         if let Some(reporter) = reporter {
             reporter.abort();
         }
+        scaler.abort();
         self.metrics
             .emit(&worker, &queue_name(&self.config.queue_url));
         info!("engine stopped");
@@ -238,24 +251,27 @@ impl<H: Handler> Engine<H> {
         shared: &Arc<Shared<H>>,
         shutdown: &CancellationToken,
     ) -> JoinSet<()> {
-        let permits = Arc::new(Semaphore::new(self.config.max_in_flight as usize));
         let mut tasks = JoinSet::new();
         let mut errors = receive_backoff();
         loop {
             while tasks.try_join_next().is_some() {}
             // Wait for room for a full batch: keeps receives full (fewer calls per message)
             // while older, slower messages keep running.
+            let batch_size = shared
+                .metrics
+                .concurrency
+                .load(Ordering::Relaxed)
+                .clamp(1, SQS_MAX_BATCH as u64) as u32;
             let mut batch = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                permit = permits.clone().acquire_many_owned(SQS_MAX_BATCH as u32) => {
-                    permit.expect("semaphore never closed")
-                }
+                permit = shared.limit.acquire_batch(batch_size, BATCH_FILL_WAIT) => permit,
             };
             let received = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                received = self.receive(shared) => received,
+                // Ask for no more messages than there are permits for.
+                received = self.receive(shared, batch.num_permits() as u32) => received,
             };
             match received {
                 Ok(messages) => {
@@ -264,8 +280,12 @@ impl<H: Handler> Engine<H> {
                         let permit = batch.split(1).expect("one permit per message");
                         tasks.spawn(process(shared.clone(), message, permit));
                     }
+                    if batch.num_permits() > 0 {
+                        shared.limit.release_many(batch);
+                    }
                 }
                 Err(err) => {
+                    shared.limit.release_many(batch);
                     let delay = errors.next().unwrap_or(Duration::from_secs(20));
                     error!(error = %err, retry_in_ms = delay.as_millis() as u64, "receive failed");
                     tokio::select! {
@@ -278,13 +298,13 @@ impl<H: Handler> Engine<H> {
         tasks
     }
 
-    async fn receive(&self, shared: &Shared<H>) -> Result<Vec<Message>, AwsError> {
+    async fn receive(&self, shared: &Shared<H>, max: u32) -> Result<Vec<Message>, AwsError> {
         Metrics::incr(&self.metrics.sqs_calls);
         let output = self
             .sqs
             .receive_message()
             .queue_url(&shared.settings.queue_url)
-            .max_number_of_messages(SQS_MAX_BATCH as i32)
+            .max_number_of_messages(max as i32)
             .wait_time_seconds(self.config.wait_time_secs as i32)
             .set_visibility_timeout(self.config.visibility_timeout_secs.map(|s| s as i32))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -332,7 +352,8 @@ async fn process<H: Handler>(
         shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let outcome = run_handler(&shared, &message).await;
-        drop(permit);
+        shared.metrics.latency.record(started.elapsed());
+        shared.limit.release(permit);
         shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(outcome) = outcome else { return };
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -651,6 +672,74 @@ async fn delete_batch(
         pending = retry;
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Looks at the backlog every interval and resizes the concurrency limit (see [`crate::scaler`]).
+/// With min = max there is nothing to decide and no task.
+fn spawn_scaler<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    policy: ScalerPolicy,
+    config: &EngineConfig,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    shared
+        .metrics
+        .concurrency
+        .store(u64::from(policy.min), Ordering::Relaxed);
+    if policy.min >= policy.max {
+        return tokio::spawn(async {});
+    }
+    let shared = shared.clone();
+    let period = Duration::from_secs(config.scaler_interval_secs);
+    tokio::spawn(async move {
+        let mut scaler = Scaler::new(policy.clone());
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let backlog = match backlog(&shared).await {
+                Ok(backlog) => backlog,
+                Err(err) => {
+                    warn!(error = %err, "scaler cannot read the backlog; keeping concurrency");
+                    continue;
+                }
+            };
+            if let Some(d) = scaler.observe(backlog, std::time::Instant::now()) {
+                shared.limit.resize(d.from, d.to);
+                shared
+                    .metrics
+                    .concurrency
+                    .store(u64::from(d.to), Ordering::Relaxed);
+                info!(
+                    from = d.from,
+                    to = d.to,
+                    backlog = d.backlog,
+                    processes = policy.processes,
+                    target_backlog_per_unit = policy.target_backlog_per_unit,
+                    "scaler decision"
+                );
+            }
+        }
+    })
+}
+
+/// Visible + in-flight messages of the queue.
+async fn backlog<H: Handler>(shared: &Shared<H>) -> Result<u64, AwsError> {
+    Metrics::incr(&shared.metrics.sqs_calls);
+    let attrs = shared
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&shared.settings.queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| classify(&e))?
+        .attributes
+        .unwrap_or_default();
+    Ok(attrs.values().filter_map(|v| v.parse::<u64>().ok()).sum())
 }
 
 fn spawn_reporter(

@@ -18,6 +18,7 @@ pub mod message;
 pub mod metrics;
 pub mod outcome;
 pub mod runtime;
+pub mod scaler;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub in_flight: AtomicI64,
     /// SQS API calls made by the engine.
     pub sqs_calls: AtomicU64,
+    /// How many messages the process may work on at once right now (set by the engine).
+    pub concurrency: AtomicU64,
+    /// Handler latencies since the previous metric line.
+    pub latency: Histogram,
     /// Counters a worker adds for itself (e.g. DynamoDB writes), by name.
     custom: Mutex<BTreeMap<&'static str, Arc<AtomicU64>>>,
     /// Totals at the previous emission, to compute deltas.
@@ -91,8 +95,12 @@ impl Metrics {
             .collect();
         *last = totals.clone();
         drop(last);
-        let in_flight = self.in_flight.load(Ordering::Relaxed).max(0) as u64;
-        emf(worker, queue, &deltas, in_flight, &totals, now_ms())
+        let gauges = Gauges {
+            in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
+            concurrency: self.concurrency.load(Ordering::Relaxed),
+            latency: self.latency.take(),
+        };
+        emf(worker, queue, &deltas, &gauges, &totals, now_ms())
     }
 
     /// Writes [`Self::emf_line`] to stdout.
@@ -102,6 +110,90 @@ impl Metrics {
         // A closed stdout must not take the worker down.
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     }
+}
+
+/// Handler latencies in milliseconds, in buckets that grow by a quarter: lock-free to record,
+/// percentiles accurate to the bucket (±12 %).
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; HISTOGRAM_BUCKETS],
+}
+
+/// Buckets of [`Histogram`]: upper bounds from 1 ms growing ×1.25 reach about 26 hours.
+const HISTOGRAM_BUCKETS: usize = 80;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Percentiles of the latencies since the previous [`Histogram::take`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Percentiles {
+    /// How many latencies were recorded.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+}
+
+impl Histogram {
+    fn upper_bound_ms(bucket: usize) -> f64 {
+        1.25f64.powi(bucket as i32)
+    }
+
+    fn bucket(ms: f64) -> usize {
+        if ms <= 1.0 {
+            return 0;
+        }
+        ((ms.ln() / 1.25f64.ln()).ceil() as usize).min(HISTOGRAM_BUCKETS - 1)
+    }
+
+    /// Records one latency.
+    pub fn record(&self, elapsed: std::time::Duration) {
+        let bucket = Self::bucket(elapsed.as_secs_f64() * 1000.0);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The percentiles since the previous call, and a reset.
+    pub fn take(&self) -> Percentiles {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
+        let count: u64 = counts.iter().sum();
+        if count == 0 {
+            return Percentiles::default();
+        }
+        let quantile = |q: f64| {
+            let rank = (q * count as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (bucket, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Self::upper_bound_ms(bucket);
+                }
+            }
+            Self::upper_bound_ms(HISTOGRAM_BUCKETS - 1)
+        };
+        Percentiles {
+            count,
+            p50_ms: (quantile(0.50) * 10.0).round() / 10.0,
+            p99_ms: (quantile(0.99) * 10.0).round() / 10.0,
+        }
+    }
+}
+
+/// Point-in-time values of an EMF line.
+struct Gauges {
+    in_flight: u64,
+    concurrency: u64,
+    latency: Percentiles,
 }
 
 #[derive(Serialize)]
@@ -116,7 +208,7 @@ fn emf(
     worker: &str,
     queue: &str,
     deltas: &BTreeMap<&str, u64>,
-    in_flight: u64,
+    gauges: &Gauges,
     totals: &Snapshot,
     timestamp_ms: u64,
 ) -> String {
@@ -127,10 +219,20 @@ fn emf(
             unit: "Count",
         })
         .collect();
-    metrics.push(MetricDef {
-        name: "in_flight",
-        unit: "Count",
-    });
+    for name in ["in_flight", "concurrency"] {
+        metrics.push(MetricDef {
+            name,
+            unit: "Count",
+        });
+    }
+    if gauges.latency.count > 0 {
+        for name in ["handler_latency_p50_ms", "handler_latency_p99_ms"] {
+            metrics.push(MetricDef {
+                name,
+                unit: "Milliseconds",
+            });
+        }
+    }
     let mut doc = serde_json::json!({
         "_aws": {
             "Timestamp": timestamp_ms,
@@ -142,10 +244,21 @@ fn emf(
         },
         "Worker": worker,
         "Queue": queue,
-        "in_flight": in_flight,
+        "in_flight": gauges.in_flight,
+        "concurrency": gauges.concurrency,
         "totals": totals,
     });
     let object = doc.as_object_mut().expect("a JSON object");
+    if gauges.latency.count > 0 {
+        object.insert(
+            "handler_latency_p50_ms".into(),
+            gauges.latency.p50_ms.into(),
+        );
+        object.insert(
+            "handler_latency_p99_ms".into(),
+            gauges.latency.p99_ms.into(),
+        );
+    }
     for (name, value) in deltas {
         object.insert((*name).to_owned(), (*value).into());
     }
@@ -160,7 +273,37 @@ fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn histogram_percentiles_are_within_a_bucket() {
+        let h = Histogram::default();
+        for ms in 1..=1000u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let p = h.take();
+        assert_eq!(p.count, 1000);
+        assert!((500.0..=625.0).contains(&p.p50_ms), "{p:?}");
+        assert!((990.0..=1240.0).contains(&p.p99_ms), "{p:?}");
+        assert_eq!(h.take(), Percentiles::default(), "take resets");
+    }
+
+    #[test]
+    fn latency_reaches_the_emf_line() {
+        let m = Metrics::new();
+        m.latency.record(Duration::from_millis(40));
+        m.concurrency.store(12, Ordering::Relaxed);
+        let line: serde_json::Value = serde_json::from_str(&m.emf_line("w", "q")).unwrap();
+        assert!(line["handler_latency_p50_ms"].as_f64().unwrap() >= 40.0);
+        assert_eq!(line["concurrency"], 12);
+        let again: serde_json::Value = serde_json::from_str(&m.emf_line("w", "q")).unwrap();
+        assert!(
+            again.get("handler_latency_p50_ms").is_none(),
+            "no latency, no metric"
+        );
+    }
 
     #[test]
     fn emf_lines_carry_deltas_as_metrics_and_totals_as_properties() {
