@@ -191,6 +191,15 @@ def worker_env(topology: dict, queues: dict, tables: dict) -> dict[str, dict[str
             "FLEET_DLQ_URL": queues[w["queue"]]["dlq_url"],
             "FLEET_SHUTDOWN_GRACE_SECS": str(w["shutdown_grace_secs"]),
         }
+        scaling = w.get("scaling", {})
+        for var, key in [
+            ("FLEET_MIN_CONCURRENCY", "min_concurrency"),
+            ("FLEET_MAX_IN_FLIGHT", "max_concurrency"),
+            ("FLEET_TARGET_BACKLOG_PER_UNIT", "target_backlog_per_unit"),
+            ("FLEET_SCALE_DOWN_COOLDOWN_SECS", "scale_down_cooldown_secs"),
+        ]:
+            if key in scaling:
+                env[var] = str(scaling[key])
         for var, ref in w.get("env", {}).items():
             kind, key = ref.split(":", 1)
             env[var] = queues[key]["url"] if kind == "queue" else tables[key]

@@ -246,7 +246,12 @@ pub(crate) async fn redrive(fleet: &Fleet, key: &str, opts: &Redrive) -> Result<
 
     let limiter = RateLimiter::direct(Quota::per_second(opts.max_per_second));
     let batch_size = opts.max_per_second.get().min(10);
-    let progress = std::io::stderr().is_terminal();
+    // A progress bar on a terminal, sized by what the DLQ held at the start.
+    let progress = if std::io::stderr().is_terminal() {
+        Some(fleet.counts(&dlq).await?.total())
+    } else {
+        None
+    };
     let mut skipped: HashMap<String, String> = HashMap::new(); // message id -> receipt
     let mut empty_rounds = 0;
     // Long enough for an interrupted run's batch to become visible again.
@@ -296,7 +301,7 @@ pub(crate) async fn redrive(fleet: &Fleet, key: &str, opts: &Redrive) -> Result<
             if summary.left_in_flight == 0 || waiting.elapsed() > in_flight_wait {
                 break;
             }
-            if progress {
+            if progress.is_some() {
                 eprint!(
                     "\rwaiting for {} message(s) in flight to come back   ",
                     summary.left_in_flight
@@ -309,16 +314,18 @@ pub(crate) async fn redrive(fleet: &Fleet, key: &str, opts: &Redrive) -> Result<
         let (moved, failed) = send_back(fleet, &source, &dlq, &to_move).await?;
         summary.moved += moved;
         summary.failed += failed;
-        if progress {
+        if let Some(total) = progress {
+            let done = summary.moved + skipped.len() as u64 + summary.failed;
             eprint!(
-                "\rmoved {} · skipped {} · failed {}   ",
+                "\r{} moved {} · skipped {} · failed {}   ",
+                bar(done, total),
                 summary.moved,
                 skipped.len(),
                 summary.failed
             );
         }
     }
-    if progress {
+    if progress.is_some() {
         eprintln!();
     }
     summary.skipped = skipped.len() as u64;
@@ -326,6 +333,20 @@ pub(crate) async fn redrive(fleet: &Fleet, key: &str, opts: &Redrive) -> Result<
     fleet.hand_back(&dlq, &receipts).await?;
     summary.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     Ok(summary)
+}
+
+/// `[#########-----------]  45%`, 20 cells wide.
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 20;
+    let total = total.max(1);
+    let done = done.min(total);
+    let filled = (done * WIDTH / total) as usize;
+    format!(
+        "[{}{}] {:>3}%",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+        done * 100 / total
+    )
 }
 
 /// Sends a batch to its source queue, then deletes from the DLQ what was sent.
@@ -453,5 +474,45 @@ async fn move_task(fleet: &Fleet, source: &str, dlq: &str, opts: &Redrive) -> Re
                 return Ok(None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_bar_fills_with_the_work() {
+        assert_eq!(bar(0, 500), "[--------------------]   0%");
+        assert_eq!(bar(250, 500), "[##########----------]  50%");
+        assert_eq!(
+            bar(600, 500),
+            "[####################] 100%",
+            "duplicates do not overflow"
+        );
+        assert_eq!(bar(0, 0), "[--------------------]   0%");
+    }
+
+    #[test]
+    fn original_attributes_are_restored_and_reasons_dropped() {
+        let string = |v: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .unwrap()
+        };
+        let message = Message::builder()
+            .message_attributes("paymentId", string("p-1"))
+            .message_attributes(attr::KIND, string("conflict"))
+            .message_attributes(
+                attr::ORIGINAL_ATTRIBUTES,
+                string(r#"{"requestId":{"data_type":"String","string_value":"r-1"}}"#),
+            )
+            .build();
+        let restored = original_attributes(&message);
+        assert_eq!(restored.len(), 2, "{restored:?}");
+        assert_eq!(restored["paymentId"].string_value(), Some("p-1"));
+        assert_eq!(restored["requestId"].string_value(), Some("r-1"));
     }
 }

@@ -25,6 +25,8 @@ impl Counts {
 /// The topology's queues under a prefix, with an SQS client.
 pub(crate) struct Fleet {
     pub(crate) sqs: aws_sdk_sqs::Client,
+    /// For `ApproximateAgeOfOldestMessage`, which SQS publishes only there.
+    pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
     pub(crate) prefix: String,
     pub(crate) topology: Topology,
 }
@@ -42,10 +44,15 @@ impl Fleet {
         Ok(())
     }
 
+    /// The deployed name of the queue `key` (`dlq` for its dead-letter queue).
+    pub(crate) fn name(&self, key: &str, dlq: bool) -> String {
+        format!("{}{key}{}", self.prefix, if dlq { DLQ_SUFFIX } else { "" })
+    }
+
     /// URL of the queue named `key` in the topology (`dlq` for its dead-letter queue).
     pub(crate) async fn url(&self, key: &str, dlq: bool) -> Result<String> {
         self.check(key)?;
-        let name = format!("{}{key}{}", self.prefix, if dlq { DLQ_SUFFIX } else { "" });
+        let name = self.name(key, dlq);
         self.sqs
             .get_queue_url()
             .queue_name(&name)
@@ -69,6 +76,40 @@ impl Fleet {
             .attributes
             .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
             .context("no QueueArn")
+    }
+
+    /// The latest `ApproximateAgeOfOldestMessage` (seconds) CloudWatch has for a queue over the
+    /// last 10 minutes; `None` when it has no data (an idle queue, or an emulator that does not
+    /// publish it).
+    pub(crate) async fn oldest_age_from_cloudwatch(&self, queue_name: &str) -> Result<Option<u64>> {
+        use aws_sdk_cloudwatch::primitives::DateTime;
+        use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+        let now = std::time::SystemTime::now();
+        let out = self
+            .cloudwatch
+            .get_metric_statistics()
+            .namespace("AWS/SQS")
+            .metric_name("ApproximateAgeOfOldestMessage")
+            .dimensions(
+                Dimension::builder()
+                    .name("QueueName")
+                    .value(queue_name)
+                    .build(),
+            )
+            .start_time(DateTime::from(now - std::time::Duration::from_secs(600)))
+            // A minute ahead: the current minute's bucket is dated after `now`.
+            .end_time(DateTime::from(now + std::time::Duration::from_secs(60)))
+            .period(60)
+            .statistics(Statistic::Maximum)
+            .send()
+            .await
+            .map_err(|e| fleet::classify(&e))?;
+        Ok(out
+            .datapoints()
+            .iter()
+            .filter_map(|d| Some((d.timestamp()?.secs(), d.maximum()?)))
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, age)| age.max(0.0) as u64))
     }
 
     /// Message counts of a queue.

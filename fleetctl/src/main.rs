@@ -139,6 +139,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let sdk = ::fleet::aws::load_config().await;
     let fleet = Fleet {
         sqs: ::fleet::aws::sqs_client(&sdk),
+        cloudwatch: aws_sdk_cloudwatch::Client::new(&sdk),
         prefix: cli.prefix,
         topology,
     };

@@ -16,28 +16,57 @@ pub(crate) struct QueueStatus {
     /// The queue's counts.
     #[serde(flatten)]
     pub(crate) counts: Counts,
+    /// Age of its oldest message, seconds (CloudWatch's `ApproximateAgeOfOldestMessage`).
+    pub(crate) oldest_age_secs: Option<u64>,
     /// Messages in its DLQ.
     pub(crate) dlq_depth: u64,
-    /// Age of the oldest DLQ message among a sample of up to 10, in seconds.
+    /// Age of the oldest DLQ message, seconds: CloudWatch's, else the oldest of a sample of 10.
     pub(crate) dlq_oldest_age_secs: Option<u64>,
 }
 
 /// Status of every queue of the topology.
 pub(crate) async fn collect(fleet: &Fleet) -> Result<Vec<QueueStatus>> {
     let mut out = Vec::new();
+    let mut cloudwatch_warned = false;
+    let mut from_cloudwatch = |result: Result<Option<u64>>| match result {
+        Ok(age) => age,
+        Err(err) => {
+            if !std::mem::replace(&mut cloudwatch_warned, true) {
+                eprintln!("fleetctl: cannot read ages from CloudWatch ({err}); showing '-'");
+            }
+            None
+        }
+    };
     for key in fleet.topology.queues.keys() {
         let url = fleet.url(key, false).await?;
         let dlq = fleet.url(key, true).await?;
         let counts = fleet.counts(&url).await?;
         let dlq_counts = fleet.counts(&dlq).await?;
+        let oldest_age_secs = if counts.total() > 0 {
+            from_cloudwatch(
+                fleet
+                    .oldest_age_from_cloudwatch(&fleet.name(key, false))
+                    .await,
+            )
+        } else {
+            None
+        };
         let dlq_oldest_age_secs = if dlq_counts.total() > 0 {
-            oldest_age(fleet, &dlq).await?
+            match from_cloudwatch(
+                fleet
+                    .oldest_age_from_cloudwatch(&fleet.name(key, true))
+                    .await,
+            ) {
+                Some(age) => Some(age),
+                None => oldest_age(fleet, &dlq).await?,
+            }
         } else {
             None
         };
         out.push(QueueStatus {
             queue: key.clone(),
             counts,
+            oldest_age_secs,
             dlq_depth: dlq_counts.total(),
             dlq_oldest_age_secs,
         });

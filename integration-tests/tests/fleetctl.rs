@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use integration_tests::{
     dead_letter_payments, fleetctl, fleetctl_command, payments, Stack, Worker,
 };
@@ -23,6 +24,36 @@ async fn status_reports_queue_counts_and_fails_when_a_dlq_holds_messages() -> Re
     assert_eq!(row["in_flight"], 0);
     assert_eq!(row["dlq_depth"], 0);
     assert_eq!(status["dlq_total"], 0);
+
+    assert!(
+        row["oldest_age_secs"].is_null(),
+        "no CloudWatch data yet: {row}"
+    );
+
+    // SQS publishes the age of the oldest message only to CloudWatch (LocalStack does not
+    // publish it at all): put the datum AWS would, and status must show it.
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&integration_tests::sdk_config().await);
+    cloudwatch
+        .put_metric_data()
+        .namespace("AWS/SQS")
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name("ApproximateAgeOfOldestMessage")
+                .dimensions(
+                    Dimension::builder()
+                        .name("QueueName")
+                        .value(&queue.name)
+                        .build(),
+                )
+                .value(42.0)
+                .unit(StandardUnit::Seconds)
+                .build(),
+        )
+        .send()
+        .await?;
+    let (_, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
+    let status: Value = serde_json::from_str(&out)?;
+    assert_eq!(status["queues"][0]["oldest_age_secs"], 42, "{status}");
 
     dead_letter_payments(&stack, "conflict", &payments("dead", 2)).await?;
     let (code, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
