@@ -168,6 +168,7 @@ impl<H: Handler> Engine<H> {
             dlq = %settings.dlq_url,
             visibility_secs = settings.visibility_timeout.as_secs(),
             max_receive_count = ?settings.max_receive_count,
+            min_concurrency = self.config.scaler_policy().min,
             max_in_flight = self.config.max_in_flight,
             "engine started"
         );
@@ -231,6 +232,9 @@ impl<H: Handler> Engine<H> {
                 tasks.abort_all();
             }
         }
+        // The deleter ends when the last sender is gone: the tasks', this one, the scaler's.
+        scaler.abort();
+        let _ = scaler.await;
         drop(shared);
         if timeout(HAND_BACK_DEADLINE, deleter).await.is_err() {
             warn!("deleter did not finish: undeleted messages will be redelivered");
@@ -238,7 +242,6 @@ impl<H: Handler> Engine<H> {
         if let Some(reporter) = reporter {
             reporter.abort();
         }
-        scaler.abort();
         self.metrics
             .emit(&worker, &queue_name(&self.config.queue_url));
         info!("engine stopped");
