@@ -2,25 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use fleet::queue::QueueCounts;
 use fleet::topology::{Topology, DLQ_SUFFIX};
-
-/// Visible, in-flight and delayed messages of one queue.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
-pub(crate) struct Counts {
-    /// Ready to be received.
-    pub(crate) visible: u64,
-    /// Received, not yet deleted or made visible again.
-    pub(crate) in_flight: u64,
-    /// Sent with a delay that has not passed yet.
-    pub(crate) delayed: u64,
-}
-
-impl Counts {
-    /// Everything the queue holds.
-    pub(crate) fn total(&self) -> u64 {
-        self.visible + self.in_flight + self.delayed
-    }
-}
 
 /// The topology's queues under a prefix, with an SQS client.
 pub(crate) struct Fleet {
@@ -113,26 +96,8 @@ impl Fleet {
     }
 
     /// Message counts of a queue.
-    pub(crate) async fn counts(&self, url: &str) -> Result<Counts> {
-        let attrs = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| fleet::classify(&e))?
-            .attributes
-            .unwrap_or_default();
-        let get =
-            |name: QueueAttributeName| attrs.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok(Counts {
-            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
-            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-        })
+    pub(crate) async fn counts(&self, url: &str) -> Result<QueueCounts> {
+        Ok(fleet::queue::counts(&self.sqs, url).await?)
     }
 
     /// Receives up to `max` messages, keeping them invisible for `visibility_secs`.

@@ -6,7 +6,9 @@ use anyhow::Result;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde::Serialize;
 
-use crate::fleet::{Counts, Fleet};
+use ::fleet::queue::QueueCounts;
+
+use crate::fleet::Fleet;
 
 /// One queue of the fleet and its DLQ.
 #[derive(Debug, Serialize)]
@@ -15,7 +17,7 @@ pub(crate) struct QueueStatus {
     pub(crate) queue: String,
     /// The queue's counts.
     #[serde(flatten)]
-    pub(crate) counts: Counts,
+    pub(crate) counts: QueueCounts,
     /// Age of its oldest message, seconds (CloudWatch's `ApproximateAgeOfOldestMessage`).
     pub(crate) oldest_age_secs: Option<u64>,
     /// Messages in its DLQ.

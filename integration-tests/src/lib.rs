@@ -191,21 +191,10 @@ impl Stack {
 
     /// Messages visible + in flight + delayed in a queue.
     pub async fn depth(&self, queue_url: &str) -> Result<u64> {
-        let attrs = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await?
-            .attributes
-            .unwrap_or_default();
-        Ok(attrs.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+        Ok(fleet::queue::counts(&self.sqs, queue_url).await?.total())
     }
 
-    /// Receives (and keeps invisible for `visibility_secs`) what a queue holds, up to `max`.
+    /// Receives what a queue holds, up to `max`, keeping it invisible for 60 s.
     pub async fn drain(
         &self,
         queue_url: &str,

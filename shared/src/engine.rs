@@ -702,8 +702,10 @@ fn spawn_scaler<H: Handler>(
                 () = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let backlog = match backlog(&shared).await {
-                Ok(backlog) => backlog,
+            Metrics::incr(&shared.metrics.sqs_calls);
+            let backlog = match crate::queue::counts(&shared.sqs, &shared.settings.queue_url).await
+            {
+                Ok(counts) => counts.backlog(),
                 Err(err) => {
                     warn!(error = %err, "scaler cannot read the backlog; keeping concurrency");
                     continue;
@@ -726,23 +728,6 @@ fn spawn_scaler<H: Handler>(
             }
         }
     })
-}
-
-/// Visible + in-flight messages of the queue.
-async fn backlog<H: Handler>(shared: &Shared<H>) -> Result<u64, AwsError> {
-    Metrics::incr(&shared.metrics.sqs_calls);
-    let attrs = shared
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&shared.settings.queue_url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .map_err(|e| classify(&e))?
-        .attributes
-        .unwrap_or_default();
-    Ok(attrs.values().filter_map(|v| v.parse::<u64>().ok()).sum())
 }
 
 fn spawn_reporter(

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod message;
 pub mod metrics;
 pub mod outcome;
+pub mod queue;
 pub mod runtime;
 pub mod scaler;
 pub mod shutdown;
