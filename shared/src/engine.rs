@@ -158,6 +158,7 @@ impl<H: Handler> Engine<H> {
         shutdown: CancellationToken,
     ) -> Result<crate::metrics::Snapshot, EngineError> {
         let settings = self.resolve_queue().await?;
+        let policy = self.config.scaler_policy();
         let worker = self
             .config
             .worker_name
@@ -168,7 +169,7 @@ impl<H: Handler> Engine<H> {
             dlq = %settings.dlq_url,
             visibility_secs = settings.visibility_timeout.as_secs(),
             max_receive_count = ?settings.max_receive_count,
-            min_concurrency = self.config.scaler_policy().min,
+            min_concurrency = policy.min,
             max_in_flight = self.config.max_in_flight,
             "engine started"
         );
@@ -192,15 +193,10 @@ impl<H: Handler> Engine<H> {
             worker: worker.clone(),
             deletes,
             abort: CancellationToken::new(),
-            limit: Limit::new(self.config.scaler_policy().min),
+            limit: Limit::new(policy.min),
             settings,
         });
-        let scaler = spawn_scaler(
-            &shared,
-            self.config.scaler_policy(),
-            &self.config,
-            shutdown.clone(),
-        );
+        let scaler = spawn_scaler(&shared, policy, &self.config, shutdown.clone());
         let reporter = spawn_reporter(
             &self.metrics,
             &worker,
@@ -258,13 +254,9 @@ impl<H: Handler> Engine<H> {
         let mut errors = receive_backoff();
         loop {
             while tasks.try_join_next().is_some() {}
-            // Wait for room for a full batch: keeps receives full (fewer calls per message)
-            // while older, slower messages keep running.
-            let batch_size = shared
-                .metrics
-                .concurrency
-                .load(Ordering::Relaxed)
-                .clamp(1, SQS_MAX_BATCH as u64) as u32;
+            // Room for a full batch keeps receives full (fewer calls per message); a pool that
+            // slow messages keep partly busy is not waited on for more than BATCH_FILL_WAIT.
+            let batch_size = shared.limit.size().clamp(1, SQS_MAX_BATCH as u32);
             let mut batch = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -355,11 +347,12 @@ async fn process<H: Handler>(
         shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let outcome = run_handler(&shared, &message).await;
-        shared.metrics.latency.record(started.elapsed());
+        let elapsed = started.elapsed();
+        shared.metrics.latency.record(elapsed);
         shared.limit.release(permit);
         shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(outcome) = outcome else { return };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed_ms = elapsed.as_millis() as u64;
         settle(&shared, message, outcome, elapsed_ms).await;
     }
     .instrument(span)
@@ -712,7 +705,7 @@ fn spawn_scaler<H: Handler>(
                 }
             };
             if let Some(d) = scaler.observe(backlog, std::time::Instant::now()) {
-                shared.limit.resize(d.from, d.to);
+                shared.limit.resize(d.to);
                 shared
                     .metrics
                     .concurrency

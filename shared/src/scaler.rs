@@ -15,7 +15,7 @@
 //! Up is immediate. Down waits for a cooldown since the last change and needs the new value to
 //! be at least `hysteresis` below the current one, so a backlog that hovers does not flap.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,8 @@ pub struct Limit {
     semaphore: Arc<Semaphore>,
     /// Permits to retire when they are released (a decrease larger than what was free).
     debt: AtomicUsize,
+    /// The limit itself: what the semaphore holds once the debt is paid.
+    size: AtomicU32,
 }
 
 impl Limit {
@@ -121,7 +123,13 @@ impl Limit {
         Self {
             semaphore: Arc::new(Semaphore::new(n as usize)),
             debt: AtomicUsize::new(0),
+            size: AtomicU32::new(n),
         }
+    }
+
+    /// The current limit.
+    pub fn size(&self) -> u32 {
+        self.size.load(Ordering::Acquire)
     }
 
     /// Waits for one permit, then up to `fill` for more, up to `want`: full batches under
@@ -166,8 +174,9 @@ impl Limit {
         self.release(permits);
     }
 
-    /// Moves the limit from `from` to `to`.
-    pub fn resize(&self, from: u32, to: u32) {
+    /// Sets the limit to `to`.
+    pub fn resize(&self, to: u32) {
+        let from = self.size.swap(to, Ordering::AcqRel);
         if to > from {
             let mut up = (to - from) as usize;
             // Cancel pending retirements first.
@@ -274,14 +283,15 @@ mod tests {
     async fn limit_shrinks_as_permits_come_back_and_grows_at_once() {
         let limit = Limit::new(4);
         let held = limit.acquire_batch(4, Duration::from_millis(10)).await;
-        limit.resize(4, 1); // nothing free: three to retire on release
+        limit.resize(1); // nothing free: three to retire on release
         let mut held = held;
         for _ in 0..3 {
             limit.release(held.split(1).unwrap());
         }
         limit.release(held);
         assert_eq!(limit.semaphore.available_permits(), 1);
-        limit.resize(1, 3);
+        limit.resize(3);
         assert_eq!(limit.semaphore.available_permits(), 3);
+        assert_eq!(limit.size(), 3);
     }
 }
