@@ -335,6 +335,14 @@ pub(crate) async fn redrive(fleet: &Fleet, key: &str, opts: &Redrive) -> Result<
     Ok(summary)
 }
 
+/// The `MessageGroupId` a FIFO DLQ message was sent with (every FIFO message has one).
+fn group_of(m: &Message) -> String {
+    m.attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId))
+        .cloned()
+        .unwrap_or_else(|| "redrive".to_owned())
+}
+
 /// `[#########-----------]  45%`, 20 cells wide.
 fn bar(done: u64, total: u64) -> String {
     const WIDTH: u64 = 20;
@@ -367,6 +375,7 @@ async fn send_back(
     }
     let mut sent: HashSet<usize> = HashSet::new();
     for (source, messages) in by_source {
+        let fifo = source.ends_with(".fifo");
         let entries = messages
             .iter()
             .map(|(i, m)| {
@@ -374,6 +383,13 @@ async fn send_back(
                     .id(i.to_string())
                     .message_body(m.body().unwrap_or_default())
                     .set_message_attributes(Some(original_attributes(m)))
+                    // A FIFO source needs the message's group back, and a deduplication id:
+                    // the DLQ copy's id, so that a redrive retried within SQS's 5-minute window
+                    // sends no second copy.
+                    .set_message_group_id(fifo.then(|| group_of(m)))
+                    .set_message_deduplication_id(
+                        fifo.then(|| m.message_id().unwrap_or_default().to_owned()),
+                    )
                     .build()
                     .expect("id and body set")
             })

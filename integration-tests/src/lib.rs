@@ -282,7 +282,8 @@ impl Stack {
     }
 
     /// Creates a queue with a DLQ and the given `maxReceiveCount` (for engine tests that need
-    /// a redrive policy other than the topology's). Returns (queue URL, DLQ URL).
+    /// a redrive policy other than the topology's). A name ending in `.fifo` makes both FIFO
+    /// queues. Returns (queue URL, DLQ URL).
     pub async fn queue_pair(
         &self,
         name: &str,
@@ -290,10 +291,18 @@ impl Stack {
         visibility_secs: u32,
     ) -> Result<(String, String)> {
         let name = format!("{}{name}", self.info.prefix);
+        let fifo = name.strip_suffix(".fifo");
+        let dlq_name = match fifo {
+            Some(base) => format!("{base}-dlq.fifo"),
+            None => format!("{name}-dlq"),
+        };
+        let fifo_attributes =
+            || fifo.map(|_| HashMap::from([(QueueAttributeName::FifoQueue, "true".to_owned())]));
         let dlq = self
             .sqs
             .create_queue()
-            .queue_name(format!("{name}-dlq"))
+            .queue_name(dlq_name)
+            .set_attributes(fifo_attributes())
             .send()
             .await?
             .queue_url
@@ -312,6 +321,7 @@ impl Stack {
             .sqs
             .create_queue()
             .queue_name(&name)
+            .set_attributes(fifo_attributes())
             .attributes(QueueAttributeName::VisibilityTimeout, visibility_secs.to_string())
             .attributes(
                 QueueAttributeName::RedrivePolicy,

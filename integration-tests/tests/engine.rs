@@ -1,6 +1,6 @@
 //! The engine's queue mechanics against LocalStack's SQS, with small in-process handlers
 //! whose timing the tests control: heartbeat, a slow message beside fast ones, hand-back on
-//! shutdown, panics.
+//! shutdown, panics, order per group on a FIFO queue.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,20 +36,27 @@ impl Handler for Scripted {
     }
 }
 
-struct Running {
-    handler: Arc<Scripted>,
+struct Running<H = Scripted> {
+    handler: Arc<H>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 async fn start(queue: &str, configure: impl FnOnce(&mut EngineConfig)) -> Result<Running> {
+    start_with(queue, Arc::new(Scripted::default()), configure).await
+}
+
+async fn start_with<H: Handler>(
+    queue: &str,
+    handler: Arc<H>,
+    configure: impl FnOnce(&mut EngineConfig),
+) -> Result<Running<H>> {
     let sqs = fleet::aws::sqs_client(&sdk_config().await);
     let mut config = EngineConfig::for_queue(queue);
     config.wait_time_secs = 1;
     config.metrics_interval_secs = 0;
     configure(&mut config);
-    let handler = Arc::new(Scripted::default());
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let engine = Engine::new(sqs, config, handler.clone(), metrics.clone());
@@ -193,6 +200,152 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_with_the_reason() -> 
         "maxReceiveCount tries"
     );
     assert_eq!(run.metrics.retried.load(Ordering::SeqCst), 1);
+    run.shutdown.cancel();
+    run.task.await?;
+    Ok(())
+}
+
+/// Records when each message was handled; `X:retry` asks for a retry on the first receive,
+/// `X:poison` is a permanent failure.
+#[derive(Default)]
+struct Recorder {
+    handled: Mutex<Vec<(String, u32, Instant, &'static str)>>,
+}
+
+impl Recorder {
+    fn done(&self) -> Vec<String> {
+        let handled = self.handled.lock().unwrap();
+        handled
+            .iter()
+            .filter(|(_, _, _, outcome)| *outcome != "retry")
+            .map(|(body, ..)| body.clone())
+            .collect()
+    }
+
+    fn at(&self, body: &str, outcome: &str) -> Instant {
+        let handled = self.handled.lock().unwrap();
+        handled
+            .iter()
+            .find(|(b, _, _, o)| b == body && *o == outcome)
+            .map(|(_, _, at, _)| *at)
+            .unwrap_or_else(|| panic!("{body} was never {outcome}"))
+    }
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, message: &Message) -> Outcome {
+        let (outcome, label) = if message.body.ends_with(":retry") && message.receive_count == 1 {
+            (Outcome::retry("scripted", "try again"), "retry")
+        } else if message.body.ends_with(":poison") {
+            (Outcome::permanent("scripted", "poison"), "poison")
+        } else {
+            (Outcome::Done, "done")
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.handled.lock().unwrap().push((
+            message.body.clone(),
+            message.receive_count,
+            Instant::now(),
+            label,
+        ));
+        outcome
+    }
+}
+
+#[tokio::test]
+async fn fifo_keeps_order_per_group_and_a_retry_holds_back_only_its_group() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let (queue, dlq) = stack.queue_pair("ordered.fifo", 5, 30).await?;
+    // Interleaved groups, all in the queue before the worker starts, so that each group's
+    // messages arrive together in one batch.
+    let bodies = [
+        ("a", "a1:retry"),
+        ("b", "b1"),
+        ("a", "a2"),
+        ("c", "c1:poison"),
+        ("b", "b2"),
+        ("a", "a3"),
+        ("c", "c2"),
+        ("b", "b3"),
+    ];
+    for (i, (group, body)) in bodies.iter().enumerate() {
+        stack
+            .sqs
+            .send_message()
+            .queue_url(&queue)
+            .message_body(*body)
+            .message_group_id(*group)
+            .message_deduplication_id(format!("d{i}"))
+            .send()
+            .await?;
+    }
+    let recorder = Arc::new(Recorder::default());
+    let run = start_with(&queue, recorder.clone(), |c| {
+        c.retry_base_ms = 2000;
+        c.max_in_flight = 10;
+        c.min_concurrency = 10;
+    })
+    .await?;
+    eventually(Duration::from_secs(30), "every message handled", || async {
+        Ok((recorder.done().len() == 8).then_some(()))
+    })
+    .await?;
+
+    let done = recorder.done();
+    let order = |group: char| -> Vec<&str> {
+        done.iter()
+            .filter(|b| b.starts_with(group))
+            .map(String::as_str)
+            .collect()
+    };
+    assert_eq!(order('a'), ["a1:retry", "a2", "a3"], "group a in order");
+    assert_eq!(order('b'), ["b1", "b2", "b3"], "group b in order");
+    assert_eq!(
+        order('c'),
+        ["c1:poison", "c2"],
+        "a poison message lets its group go on"
+    );
+    // Group b flowed while a1 waited for its retry; nothing of group a ran before a1 succeeded.
+    let a1_retried = recorder.at("a1:retry", "done");
+    assert!(
+        recorder.at("b3", "done") < a1_retried,
+        "group b was held back by group a"
+    );
+    assert!(
+        recorder.at("c2", "done") < a1_retried,
+        "group c was held back by group a"
+    );
+    let handled = recorder.handled.lock().unwrap().clone();
+    assert!(
+        handled
+            .iter()
+            .filter(|(b, ..)| b == "a2" || b == "a3")
+            .all(|(_, _, at, _)| *at > a1_retried),
+        "a later message of group a overtook the retried one: {handled:?}"
+    );
+    assert_eq!(
+        run.metrics.held_back.load(Ordering::SeqCst),
+        2,
+        "a2 and a3 went back behind a1"
+    );
+
+    let dead = stack
+        .wait_for_messages(&dlq, "the poison message in the DLQ")
+        .await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some("c1:poison"));
+    let group = dead[0]
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId));
+    assert_eq!(
+        group.map(String::as_str),
+        Some("c"),
+        "the DLQ copy keeps its group"
+    );
+    eventually(Duration::from_secs(10), "the queue empty", || async {
+        Ok((stack.depth(&queue).await? == 0).then_some(()))
+    })
+    .await?;
     run.shutdown.cancel();
     run.task.await?;
     Ok(())

@@ -8,6 +8,17 @@
 //!                                                                     ├─ Retry ─► ChangeMessageVisibility(backoff)
 //!                                                                     └─ Permanent ─► SendMessage(DLQ, reason) ─► deleter
 //! ```
+//!
+//! ## FIFO queues
+//! A queue whose name ends in `.fifo` is consumed in order per message group: the messages of
+//! one group in a batch are handled one after the other by one task (groups run in parallel),
+//! in the order SQS returned them. SQS itself delivers no more of a group while any of its
+//! messages is in flight. When a message is to be retried, the rest of its group in the batch
+//! is not handled: it is handed back with a visibility longer than the retried message's, so
+//! that the retried message comes first again and nothing overtakes it; other groups keep
+//! flowing. The heartbeat extends the whole group, waiting messages included. A message that
+//! is dead-lettered (permanent, or out of receives) lets its group go on, as SQS's own redrive
+//! does; its copy keeps its `MessageGroupId`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -98,6 +109,18 @@ pub struct QueueSettings {
     /// The redrive policy's `maxReceiveCount`: the engine dead-letters a message itself (with
     /// its reason) when a retry would exceed it.
     pub max_receive_count: Option<u32>,
+    /// A FIFO queue (name ending in `.fifo`): messages are handled in order per group.
+    pub fifo: bool,
+}
+
+/// What a settled message means for the rest of its FIFO group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Deleted or dead-lettered: the group goes on.
+    Next,
+    /// Back on the queue, visible again in this many seconds: the rest of the group waits
+    /// behind it.
+    Hold(i32),
 }
 
 /// A worker engine bound to one queue and one handler.
@@ -169,6 +192,7 @@ impl<H: Handler> Engine<H> {
             dlq = %settings.dlq_url,
             visibility_secs = settings.visibility_timeout.as_secs(),
             max_receive_count = ?settings.max_receive_count,
+            fifo = settings.fifo,
             min_concurrency = policy.min,
             max_in_flight = self.config.max_in_flight,
             "engine started"
@@ -271,9 +295,19 @@ impl<H: Handler> Engine<H> {
             match received {
                 Ok(messages) => {
                     errors = receive_backoff();
-                    for message in messages {
-                        let permit = batch.split(1).expect("one permit per message");
-                        tasks.spawn(process(shared.clone(), message, permit));
+                    if shared.settings.fifo {
+                        for group in in_groups(messages) {
+                            let permits = batch.split(group.len()).expect("a permit per message");
+                            tasks.spawn(process_group(shared.clone(), group, permits));
+                        }
+                    } else {
+                        for message in messages {
+                            let permit = batch.split(1).expect("one permit per message");
+                            let shared = shared.clone();
+                            tasks.spawn(async move {
+                                process(&shared, message, permit, &[], &mut Instant::now()).await;
+                            });
+                        }
                     }
                     if batch.num_permits() > 0 {
                         shared.limit.release_many(batch);
@@ -295,15 +329,24 @@ impl<H: Handler> Engine<H> {
 
     async fn receive(&self, shared: &Shared<H>, max: u32) -> Result<Vec<Message>, AwsError> {
         Metrics::incr(&self.metrics.sqs_calls);
+        // FIFO: an id per receive lets the SDK's retry of a lost answer get the same messages
+        // back instead of leaving them (and their groups) invisible until the timeout.
+        let attempt_id = shared
+            .settings
+            .fifo
+            .then(|| format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)));
         let output = self
             .sqs
             .receive_message()
+            .set_receive_request_attempt_id(attempt_id)
             .queue_url(&shared.settings.queue_url)
             .max_number_of_messages(max as i32)
             .wait_time_seconds(self.config.wait_time_secs as i32)
             .set_visibility_timeout(self.config.visibility_timeout_secs.map(|s| s as i32))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
             .message_attribute_names("All")
             .send()
             .await
@@ -331,44 +374,115 @@ fn receive_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Handles one message from start to its final queue action.
-async fn process<H: Handler>(
+/// Splits a FIFO batch into its message groups: groups in order of first appearance, each
+/// group's messages in the order SQS returned them (their order in the queue).
+fn in_groups(messages: Vec<Message>) -> Vec<Vec<Message>> {
+    let mut groups: Vec<Vec<Message>> = Vec::new();
+    let mut index: HashMap<Option<String>, usize> = HashMap::new();
+    for message in messages {
+        match index.get(&message.group_id) {
+            Some(&i) => groups[i].push(message),
+            None => {
+                index.insert(message.group_id.clone(), groups.len());
+                groups.push(vec![message]);
+            }
+        }
+    }
+    groups
+}
+
+/// Handles the messages of one FIFO group in order. When one is held back for a retry (or
+/// handed back at shutdown), the rest go back behind it unhandled.
+async fn process_group<H: Handler>(
     shared: Arc<Shared<H>>,
+    group: Vec<Message>,
+    mut permits: OwnedSemaphorePermit,
+) {
+    // When the visibility of the whole group was last set (at receive, then by heartbeats).
+    let mut extended = Instant::now();
+    let mut rest = group.as_slice();
+    while let Some((message, waiting)) = rest.split_first() {
+        let permit = permits.split(1).expect("a permit per message");
+        let flow = process(&shared, message.clone(), permit, waiting, &mut extended).await;
+        rest = waiting;
+        if let Flow::Hold(secs) = flow {
+            hold_back(&shared, rest, secs).await;
+            break;
+        }
+    }
+    if permits.num_permits() > 0 {
+        shared.limit.release_many(permits);
+    }
+}
+/// Puts the unhandled rest of a FIFO group back behind a message that becomes visible in
+/// `secs`: one second later, so that the held message is received first again.
+async fn hold_back<H: Handler>(shared: &Shared<H>, rest: &[Message], secs: i32) {
+    if rest.is_empty() {
+        return;
+    }
+    let behind = if secs == 0 { 0 } else { secs + 1 };
+    shared
+        .metrics
+        .held_back
+        .fetch_add(rest.len() as u64, Ordering::Relaxed);
+    debug!(
+        count = rest.len(),
+        visible_in_secs = behind,
+        "holding back the rest of the group"
+    );
+    change_visibility_many(shared, rest, behind).await;
+}
+
+/// Handles one message from start to its final queue action. `waiting` are the messages of its
+/// FIFO group that come after it in this batch: the heartbeat keeps them invisible too, from
+/// `extended`, when their visibility was last set.
+async fn process<H: Handler>(
+    shared: &Arc<Shared<H>>,
     message: Message,
     permit: OwnedSemaphorePermit,
-) {
+    waiting: &[Message],
+    extended: &mut Instant,
+) -> Flow {
     let span = info_span!(
         "message",
         message_id = %message.message_id,
         queue = %shared.settings.queue_name,
         receive_count = message.receive_count,
+        group = message.group_id.as_deref(),
     );
     async move {
         shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = run_handler(&shared, &message).await;
+        let outcome = run_handler(shared, &message, waiting, extended).await;
         let elapsed = started.elapsed();
         shared.metrics.latency.record(elapsed);
         shared.limit.release(permit);
         shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Some(outcome) = outcome else { return };
+        let Some(outcome) = outcome else {
+            return Flow::Hold(0);
+        };
         let elapsed_ms = elapsed.as_millis() as u64;
-        settle(&shared, message, outcome, elapsed_ms).await;
+        settle(shared, message, outcome, elapsed_ms).await
     }
     .instrument(span)
-    .await;
+    .await
 }
 
-/// Runs the handler with a visibility heartbeat. `None` when the message was handed back
-/// because the grace period ran out.
-async fn run_handler<H: Handler>(shared: &Arc<Shared<H>>, message: &Message) -> Option<Outcome> {
+/// Runs the handler with a visibility heartbeat (over the message and the rest of its group).
+/// `None` when the message was handed back because the grace period ran out.
+async fn run_handler<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    message: &Message,
+    waiting: &[Message],
+    extended: &mut Instant,
+) -> Option<Outcome> {
     let handler = shared.handler.clone();
     let owned = message.clone();
     // A task of its own, so that a panic is caught as a JoinError.
     let mut work = tokio::spawn(async move { handler.handle(&owned).await });
     let visibility = shared.settings.visibility_timeout;
     let period = (visibility / 2).max(Duration::from_secs(1));
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+    let mut heartbeat = tokio::time::interval_at(*extended + period, period);
     loop {
         tokio::select! {
             joined = &mut work => {
@@ -379,9 +493,16 @@ async fn run_handler<H: Handler>(shared: &Arc<Shared<H>>, message: &Message) -> 
                 });
             }
             _ = heartbeat.tick() => {
-                debug!(extend_secs = visibility.as_secs(), "heartbeat: extending visibility");
-                if let Err(err) = change_visibility(shared, message, visibility.as_secs() as i32).await {
-                    warn!(error = %err, "heartbeat failed; the message may be delivered twice");
+                debug!(extend_secs = visibility.as_secs(), waiting = waiting.len(), "heartbeat: extending visibility");
+                *extended = Instant::now();
+                let secs = visibility.as_secs() as i32;
+                if waiting.is_empty() {
+                    if let Err(err) = change_visibility(shared, message, secs).await {
+                        warn!(error = %err, "heartbeat failed; the message may be delivered twice");
+                    }
+                } else {
+                    let group: Vec<Message> = std::iter::once(message).chain(waiting).cloned().collect();
+                    change_visibility_many(shared, &group, secs).await;
                 }
             }
             () = shared.abort.cancelled() => {
@@ -401,7 +522,7 @@ async fn settle<H: Handler>(
     message: Message,
     outcome: Outcome,
     elapsed_ms: u64,
-) {
+) -> Flow {
     let metrics = &shared.metrics;
     match outcome {
         Outcome::Done | Outcome::Duplicate => {
@@ -414,6 +535,7 @@ async fn settle<H: Handler>(
             debug!(outcome = outcome.label(), elapsed_ms, "handled");
             // The deleter outlives every task, so the send cannot fail while we run.
             let _ = shared.deletes.send(message.receipt_handle).await;
+            Flow::Next
         }
         Outcome::Retry(reason) => {
             let exhausted = shared
@@ -425,16 +547,17 @@ async fn settle<H: Handler>(
                     "retries-exhausted",
                     format!("{} receives; last error {reason}", message.receive_count),
                 );
-                dead_letter(shared, message, reason).await;
+                dead_letter(shared, message, reason).await
             } else {
-                retry_later(shared, &message, &reason).await;
+                retry_later(shared, &message, &reason).await
             }
         }
         Outcome::Permanent(reason) => dead_letter(shared, message, reason).await,
     }
 }
 
-async fn retry_later<H: Handler>(shared: &Shared<H>, message: &Message, reason: &Reason) {
+/// Puts the message back with a backoff delay; returns the flow for the rest of its group.
+async fn retry_later<H: Handler>(shared: &Shared<H>, message: &Message, reason: &Reason) -> Flow {
     Metrics::incr(&shared.metrics.retried);
     let secs = shared
         .schedule
@@ -442,12 +565,14 @@ async fn retry_later<H: Handler>(shared: &Shared<H>, message: &Message, reason: 
     warn!(error_kind = %reason.kind, error = %reason.message, retry_in_secs = secs, "transient failure, retrying later");
     if let Err(err) = change_visibility(shared, message, secs).await {
         warn!(error = %err, "cannot set the retry delay; the message returns after its visibility timeout");
+        return Flow::Hold(shared.settings.visibility_timeout.as_secs() as i32);
     }
+    Flow::Hold(secs)
 }
 
 /// Sends a copy to the DLQ with the reason, then deletes the original. A crash between the two
 /// leaves a duplicate in the DLQ, never a loss. If the DLQ send fails, the message is retried.
-async fn dead_letter<H: Handler>(shared: &Shared<H>, message: Message, reason: Reason) {
+async fn dead_letter<H: Handler>(shared: &Shared<H>, message: Message, reason: Reason) -> Flow {
     error!(error_kind = %reason.kind, error = %reason.message, "permanent failure, dead-lettering");
     Metrics::incr(&shared.metrics.sqs_calls);
     let attributes = dead_letter_attributes(
@@ -463,12 +588,18 @@ async fn dead_letter<H: Handler>(shared: &Shared<H>, message: Message, reason: R
         .queue_url(&shared.settings.dlq_url)
         .message_body(&message.body)
         .set_message_attributes(Some(attributes))
+        // A FIFO DLQ needs a group (the original one: order is kept there too) and a
+        // deduplication id (the message id: a crash before the delete sends no second copy
+        // within SQS's 5-minute window).
+        .set_message_group_id(message.group_id.clone())
+        .set_message_deduplication_id(shared.settings.fifo.then(|| message.message_id.clone()))
         .send()
         .await;
     match sent {
         Ok(_) => {
             Metrics::incr(&shared.metrics.dead_lettered);
             let _ = shared.deletes.send(message.receipt_handle).await;
+            Flow::Next
         }
         Err(err) => {
             let err = classify(&err);
@@ -478,7 +609,7 @@ async fn dead_letter<H: Handler>(shared: &Shared<H>, message: Message, reason: R
                 &message,
                 &Reason::new("dlq-unavailable", err.to_string()),
             )
-            .await;
+            .await
         }
     }
 }
@@ -572,6 +703,41 @@ async fn change_visibility<H: Handler>(
         .await
         .map(|_| ())
         .map_err(|e| classify(&e))
+}
+
+/// Sets the visibility of up to 10 messages in one call; failures are logged (the messages then
+/// return after their current timeout).
+async fn change_visibility_many<H: Handler>(shared: &Shared<H>, messages: &[Message], secs: i32) {
+    Metrics::incr(&shared.metrics.sqs_calls);
+    let entries = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(&m.receipt_handle)
+                .visibility_timeout(secs)
+                .build()
+                .expect("id and receipt handle are set")
+        })
+        .collect();
+    match shared
+        .sqs
+        .change_message_visibility_batch()
+        .queue_url(&shared.settings.queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(output) => {
+            for failed in &output.failed {
+                warn!(code = %failed.code, entry = %failed.id, "cannot change a message's visibility; it returns after its current timeout");
+            }
+        }
+        Err(err) => {
+            warn!(error = %classify(&err), count = messages.len(), "cannot change the visibility of messages; they return after their current timeout");
+        }
+    }
 }
 
 /// Collects receipt handles into `DeleteMessageBatch` calls of up to 10, waiting at most
@@ -783,6 +949,7 @@ async fn resolve_queue(
         (None, None) => return Err(EngineError::NoDeadLetterQueue(queue_url)),
     };
     Ok(QueueSettings {
+        fifo: queue_name(&queue_url).ends_with(".fifo"),
         queue_name: queue_name(&queue_url),
         queue_url,
         dlq_url,
@@ -871,7 +1038,31 @@ mod tests {
             receive_count: 2,
             sent_at_ms: None,
             attributes,
+            ..Message::default()
         }
+    }
+
+    fn in_group(id: &str, group: &str) -> Message {
+        Message {
+            message_id: id.into(),
+            group_id: Some(group.into()),
+            ..message_with(0)
+        }
+    }
+
+    #[test]
+    fn a_fifo_batch_splits_into_groups_keeping_order() {
+        let batch = ["a1", "b1", "a2", "c1", "b2", "a3"]
+            .map(|id| in_group(id, &id[..1]))
+            .to_vec();
+        let groups: Vec<Vec<String>> = in_groups(batch)
+            .into_iter()
+            .map(|g| g.into_iter().map(|m| m.message_id).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            vec![vec!["a1", "a2", "a3"], vec!["b1", "b2"], vec!["c1"]]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use crate::outcome::Outcome;
 
 /// One SQS message, as received.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Message {
     /// SQS message id (stable across redeliveries).
     pub message_id: String,
@@ -22,13 +22,17 @@ pub struct Message {
     pub sent_at_ms: Option<u64>,
     /// Its message attributes, kept whole so that a dead-lettered copy keeps them.
     pub attributes: HashMap<String, MessageAttributeValue>,
+    /// FIFO queues: the message group (messages of one group are handled in order).
+    pub group_id: Option<String>,
+    /// FIFO queues: the deduplication id it was sent with.
+    pub deduplication_id: Option<String>,
 }
 
 impl Message {
     /// Converts an SDK message; `None` when it lacks an id or a receipt handle (never seen
     /// from SQS, but the SDK types make both optional).
     pub fn from_sdk(message: aws_sdk_sqs::types::Message) -> Option<Self> {
-        let system = message.attributes.unwrap_or_default();
+        let mut system = message.attributes.unwrap_or_default();
         let number = |name: MessageSystemAttributeName| {
             system.get(&name).and_then(|v| v.parse::<u64>().ok())
         };
@@ -40,6 +44,8 @@ impl Message {
             receipt_handle: message.receipt_handle?,
             body: message.body.unwrap_or_default(),
             attributes: message.message_attributes.unwrap_or_default(),
+            group_id: system.remove(&MessageSystemAttributeName::MessageGroupId),
+            deduplication_id: system.remove(&MessageSystemAttributeName::MessageDeduplicationId),
         })
     }
 

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dead_lettered: AtomicU64,
     /// Messages whose work had already been done (redeliveries, replays).
     pub duplicates: AtomicU64,
+    /// FIFO: messages handed back unhandled behind a retried message of their group.
+    pub held_back: AtomicU64,
     /// Messages being handled right now.
     pub in_flight: AtomicI64,
     /// SQS API calls made by the engine.
@@ -77,6 +79,7 @@ impl Metrics {
             ("retried", load(&self.retried)),
             ("dead_lettered", load(&self.dead_lettered)),
             ("duplicates", load(&self.duplicates)),
+            ("held_back", load(&self.held_back)),
             ("sqs_calls", load(&self.sqs_calls)),
         ]);
         for (name, counter) in self.custom.lock().expect("metrics lock poisoned").iter() {

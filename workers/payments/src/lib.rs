@@ -158,6 +158,7 @@ mod tests {
             receive_count: 1,
             sent_at_ms: Some(1),
             attributes,
+            ..Message::default()
         }
     }
 
