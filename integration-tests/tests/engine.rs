@@ -205,8 +205,8 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_with_the_reason() -> 
     Ok(())
 }
 
-/// Records when each message was handled; `X:retry` asks for a retry on the first receive,
-/// `X:poison` is a permanent failure.
+/// Records when each message was handled; `X:retry` asks for a retry on the first receive and
+/// then takes 3 s, `X:poison` is a permanent failure.
 #[derive(Default)]
 struct Recorder {
     handled: Mutex<Vec<(String, u32, Instant, &'static str)>>,
@@ -234,14 +234,16 @@ impl Recorder {
 
 impl Handler for Recorder {
     async fn handle(&self, message: &Message) -> Outcome {
-        let (outcome, label) = if message.body.ends_with(":retry") && message.receive_count == 1 {
+        let retry = message.body.ends_with(":retry");
+        let (outcome, label) = if retry && message.receive_count == 1 {
             (Outcome::retry("scripted", "try again"), "retry")
         } else if message.body.ends_with(":poison") {
             (Outcome::permanent("scripted", "poison"), "poison")
         } else {
             (Outcome::Done, "done")
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let slow = retry && message.receive_count > 1;
+        tokio::time::sleep(Duration::from_millis(if slow { 3000 } else { 20 })).await;
         self.handled.lock().unwrap().push((
             message.body.clone(),
             message.receive_count,
@@ -305,7 +307,9 @@ async fn fifo_keeps_order_per_group_and_a_retry_holds_back_only_its_group() -> R
         ["c1:poison", "c2"],
         "a poison message lets its group go on"
     );
-    // Group b flowed while a1 waited for its retry; nothing of group a ran before a1 succeeded.
+    // Group b flowed while a1 waited for its retry; nothing of group a ran before a1 succeeded,
+    // although a2 and a3 became visible again (one second after a1) while a1's second, slow
+    // attempt ran: they joined a1's line instead of running beside it.
     let a1_retried = recorder.at("a1:retry", "done");
     assert!(
         recorder.at("b3", "done") < a1_retried,

@@ -10,19 +10,20 @@
 //! ```
 //!
 //! ## FIFO queues
-//! A queue whose name ends in `.fifo` is consumed in order per message group: the messages of
-//! one group in a batch are handled one after the other by one task (groups run in parallel),
-//! in the order SQS returned them. SQS itself delivers no more of a group while any of its
-//! messages is in flight. When a message is to be retried, the rest of its group in the batch
-//! is not handled: it is handed back with a visibility longer than the retried message's, so
-//! that the retried message comes first again and nothing overtakes it; other groups keep
-//! flowing. The heartbeat extends the whole group, waiting messages included. A message that
-//! is dead-lettered (permanent, or out of receives) lets its group go on, as SQS's own redrive
-//! does; its copy keeps its `MessageGroupId`.
+//! A queue whose name ends in `.fifo` is consumed in order per message group: one task per
+//! group handles its messages one after the other, in the order SQS returned them, while groups
+//! run in parallel. Messages of a group that is already being handled in this process (SQS
+//! should not deliver them, but an emulator may once a message became visible again) join the
+//! end of that group's line instead of starting a second one. When a message is to be retried,
+//! the rest of its line is not handled: it is handed back with a visibility longer than the
+//! retried message's, so that the retried message comes first again and nothing overtakes it;
+//! other groups keep flowing. The heartbeat extends the whole line, waiting messages included.
+//! A message that is dead-lettered (permanent, or out of receives) lets its group go on, as
+//! SQS's own redrive does; its copy keeps its `MessageGroupId`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
@@ -144,6 +145,9 @@ struct Shared<H> {
     abort: CancellationToken,
     /// How many messages may be worked on at once; the scaler resizes it.
     limit: Limit,
+    /// FIFO: the groups being handled in this process, each with the messages waiting their
+    /// turn (each holding its permit).
+    groups: Mutex<HashMap<String, VecDeque<(Message, OwnedSemaphorePermit)>>>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -218,6 +222,7 @@ impl<H: Handler> Engine<H> {
             deletes,
             abort: CancellationToken::new(),
             limit: Limit::new(policy.min),
+            groups: Mutex::default(),
             settings,
         });
         let scaler = spawn_scaler(&shared, policy, &self.config, shutdown.clone());
@@ -296,16 +301,25 @@ impl<H: Handler> Engine<H> {
                 Ok(messages) => {
                     errors = receive_backoff();
                     if shared.settings.fifo {
-                        for group in in_groups(messages) {
-                            let permits = batch.split(group.len()).expect("a permit per message");
-                            tasks.spawn(process_group(shared.clone(), group, permits));
+                        for (group, messages) in in_groups(messages) {
+                            let line = messages
+                                .into_iter()
+                                .map(|m| (m, batch.split(1).expect("a permit per message")));
+                            let mut groups = shared.groups.lock().expect("groups lock");
+                            if let Some(waiting) = groups.get_mut(&group) {
+                                // Already being handled here: join the end of its line.
+                                waiting.extend(line);
+                            } else {
+                                groups.insert(group.clone(), line.collect());
+                                tasks.spawn(process_group(shared.clone(), group));
+                            }
                         }
                     } else {
                         for message in messages {
                             let permit = batch.split(1).expect("one permit per message");
                             let shared = shared.clone();
                             tasks.spawn(async move {
-                                process(&shared, message, permit, &[], &mut Instant::now()).await;
+                                process(&shared, message, permit, None, &mut Instant::now()).await;
                             });
                         }
                     }
@@ -376,71 +390,103 @@ fn receive_backoff() -> impl Iterator<Item = Duration> {
 
 /// Splits a FIFO batch into its message groups: groups in order of first appearance, each
 /// group's messages in the order SQS returned them (their order in the queue).
-fn in_groups(messages: Vec<Message>) -> Vec<Vec<Message>> {
-    let mut groups: Vec<Vec<Message>> = Vec::new();
-    let mut index: HashMap<Option<String>, usize> = HashMap::new();
+fn in_groups(messages: Vec<Message>) -> Vec<(String, Vec<Message>)> {
+    let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for message in messages {
-        match index.get(&message.group_id) {
-            Some(&i) => groups[i].push(message),
+        let group = message.group_id.clone().unwrap_or_default();
+        match index.get(&group) {
+            Some(&i) => groups[i].1.push(message),
             None => {
-                index.insert(message.group_id.clone(), groups.len());
-                groups.push(vec![message]);
+                index.insert(group.clone(), groups.len());
+                groups.push((group, vec![message]));
             }
         }
     }
     groups
 }
 
-/// Handles the messages of one FIFO group in order. When one is held back for a retry (or
-/// handed back at shutdown), the rest go back behind it unhandled.
-async fn process_group<H: Handler>(
-    shared: Arc<Shared<H>>,
-    group: Vec<Message>,
-    mut permits: OwnedSemaphorePermit,
-) {
-    // When the visibility of the whole group was last set (at receive, then by heartbeats).
+/// Handles the line of one FIFO group in order, including messages that join it meanwhile.
+/// When one is held back for a retry (or handed back at shutdown), the rest of the line goes
+/// back behind it unhandled.
+async fn process_group<H: Handler>(shared: Arc<Shared<H>>, group: String) {
+    // When the visibility of the whole line was last set (at receive, then by heartbeats);
+    // messages that joined later were received later, so this is conservative for them.
     let mut extended = Instant::now();
-    let mut rest = group.as_slice();
-    while let Some((message, waiting)) = rest.split_first() {
-        let permit = permits.split(1).expect("a permit per message");
-        let flow = process(&shared, message.clone(), permit, waiting, &mut extended).await;
-        rest = waiting;
+    loop {
+        let next = {
+            let mut groups = shared.groups.lock().expect("groups lock");
+            let line = groups.get_mut(&group).expect("a running group has a line");
+            let next = line.pop_front();
+            if next.is_none() {
+                groups.remove(&group);
+            }
+            next
+        };
+        let Some((message, permit)) = next else {
+            return;
+        };
+        let flow = process(&shared, message, permit, Some(&group), &mut extended).await;
         if let Flow::Hold(secs) = flow {
-            hold_back(&shared, rest, secs).await;
-            break;
+            hold_back(&shared, &group, secs).await;
+            return;
         }
     }
-    if permits.num_permits() > 0 {
-        shared.limit.release_many(permits);
-    }
-}
-/// Puts the unhandled rest of a FIFO group back behind a message that becomes visible in
-/// `secs`: one second later, so that the held message is received first again.
-async fn hold_back<H: Handler>(shared: &Shared<H>, rest: &[Message], secs: i32) {
-    if rest.is_empty() {
-        return;
-    }
-    let behind = if secs == 0 { 0 } else { secs + 1 };
-    shared
-        .metrics
-        .held_back
-        .fetch_add(rest.len() as u64, Ordering::Relaxed);
-    debug!(
-        count = rest.len(),
-        visible_in_secs = behind,
-        "holding back the rest of the group"
-    );
-    change_visibility_many(shared, rest, behind).await;
 }
 
-/// Handles one message from start to its final queue action. `waiting` are the messages of its
-/// FIFO group that come after it in this batch: the heartbeat keeps them invisible too, from
-/// `extended`, when their visibility was last set.
+/// Puts the unhandled rest of a FIFO line back behind a message that becomes visible in
+/// `secs`: one second later, so that the held message is received first again. Messages that
+/// join the line meanwhile go back too; then the line ends.
+async fn hold_back<H: Handler>(shared: &Shared<H>, group: &str, secs: i32) {
+    let behind = if secs == 0 { 0 } else { secs + 1 };
+    loop {
+        let rest: Vec<(Message, OwnedSemaphorePermit)> = {
+            let mut groups = shared.groups.lock().expect("groups lock");
+            let line = groups.get_mut(group).expect("a running group has a line");
+            if line.is_empty() {
+                groups.remove(group);
+                return;
+            }
+            line.drain(..).collect()
+        };
+        let (messages, permits): (Vec<Message>, Vec<OwnedSemaphorePermit>) =
+            rest.into_iter().unzip();
+        for permit in permits {
+            shared.limit.release(permit);
+        }
+        shared
+            .metrics
+            .held_back
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        debug!(
+            count = messages.len(),
+            visible_in_secs = behind,
+            "holding back the rest of the group"
+        );
+        change_visibility_many(shared, &messages, behind).await;
+    }
+}
+
+/// The messages waiting in a FIFO line (for the heartbeat).
+fn waiting_in<H: Handler>(shared: &Shared<H>, group: Option<&String>) -> Vec<Message> {
+    let Some(group) = group else {
+        return Vec::new();
+    };
+    let groups = shared.groups.lock().expect("groups lock");
+    groups
+        .get(group)
+        .map(|line| line.iter().map(|(m, _)| m.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Handles one message from start to its final queue action. For a FIFO message, `group` is
+/// its line: the heartbeat keeps the messages waiting there invisible too, from `extended`,
+/// when their visibility was last set.
 async fn process<H: Handler>(
     shared: &Arc<Shared<H>>,
     message: Message,
     permit: OwnedSemaphorePermit,
-    waiting: &[Message],
+    group: Option<&String>,
     extended: &mut Instant,
 ) -> Flow {
     let span = info_span!(
@@ -453,7 +499,7 @@ async fn process<H: Handler>(
     async move {
         shared.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = run_handler(shared, &message, waiting, extended).await;
+        let outcome = run_handler(shared, &message, group, extended).await;
         let elapsed = started.elapsed();
         shared.metrics.latency.record(elapsed);
         shared.limit.release(permit);
@@ -473,7 +519,7 @@ async fn process<H: Handler>(
 async fn run_handler<H: Handler>(
     shared: &Arc<Shared<H>>,
     message: &Message,
-    waiting: &[Message],
+    group: Option<&String>,
     extended: &mut Instant,
 ) -> Option<Outcome> {
     let handler = shared.handler.clone();
@@ -493,6 +539,7 @@ async fn run_handler<H: Handler>(
                 });
             }
             _ = heartbeat.tick() => {
+                let waiting = waiting_in(shared, group);
                 debug!(extend_secs = visibility.as_secs(), waiting = waiting.len(), "heartbeat: extending visibility");
                 *extended = Instant::now();
                 let secs = visibility.as_secs() as i32;
@@ -501,8 +548,8 @@ async fn run_handler<H: Handler>(
                         warn!(error = %err, "heartbeat failed; the message may be delivered twice");
                     }
                 } else {
-                    let group: Vec<Message> = std::iter::once(message).chain(waiting).cloned().collect();
-                    change_visibility_many(shared, &group, secs).await;
+                    let line: Vec<Message> = std::iter::once(message.clone()).chain(waiting).collect();
+                    change_visibility_many(shared, &line, secs).await;
                 }
             }
             () = shared.abort.cancelled() => {
@@ -705,37 +752,39 @@ async fn change_visibility<H: Handler>(
         .map_err(|e| classify(&e))
 }
 
-/// Sets the visibility of up to 10 messages in one call; failures are logged (the messages then
-/// return after their current timeout).
+/// Sets the visibility of messages, 10 per call; failures are logged (the messages then return
+/// after their current timeout).
 async fn change_visibility_many<H: Handler>(shared: &Shared<H>, messages: &[Message], secs: i32) {
-    Metrics::incr(&shared.metrics.sqs_calls);
-    let entries = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            ChangeMessageVisibilityBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(&m.receipt_handle)
-                .visibility_timeout(secs)
-                .build()
-                .expect("id and receipt handle are set")
-        })
-        .collect();
-    match shared
-        .sqs
-        .change_message_visibility_batch()
-        .queue_url(&shared.settings.queue_url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-    {
-        Ok(output) => {
-            for failed in &output.failed {
-                warn!(code = %failed.code, entry = %failed.id, "cannot change a message's visibility; it returns after its current timeout");
+    for chunk in messages.chunks(SQS_MAX_BATCH) {
+        Metrics::incr(&shared.metrics.sqs_calls);
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&m.receipt_handle)
+                    .visibility_timeout(secs)
+                    .build()
+                    .expect("id and receipt handle are set")
+            })
+            .collect();
+        match shared
+            .sqs
+            .change_message_visibility_batch()
+            .queue_url(&shared.settings.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(output) => {
+                for failed in &output.failed {
+                    warn!(code = %failed.code, entry = %failed.id, "cannot change a message's visibility; it returns after its current timeout");
+                }
             }
-        }
-        Err(err) => {
-            warn!(error = %classify(&err), count = messages.len(), "cannot change the visibility of messages; they return after their current timeout");
+            Err(err) => {
+                warn!(error = %classify(&err), count = chunk.len(), "cannot change the visibility of messages; they return after their current timeout");
+            }
         }
     }
 }
@@ -1057,7 +1106,7 @@ mod tests {
             .to_vec();
         let groups: Vec<Vec<String>> = in_groups(batch)
             .into_iter()
-            .map(|g| g.into_iter().map(|m| m.message_id).collect())
+            .map(|(_, g)| g.into_iter().map(|m| m.message_id).collect())
             .collect();
         assert_eq!(
             groups,
