@@ -1,9 +1,10 @@
 //! # queue-fleet engine
 //!
 //! The library every worker binary of the fleet is built on. A worker is a [`Handler`] (plain
-//! business logic returning an [`Outcome`]) plus a thin `main` that parses [`EngineConfig`],
-//! sets up [`telemetry`], builds AWS clients with [`aws`] and calls [`Engine::run`] with a
-//! shutdown token from [`shutdown::signal_token`].
+//! business logic returning an [`Outcome`]) plus a thin `main` that parses its configuration
+//! (flattening [`EngineConfig`], [`TelemetryConfig`], [`RuntimeConfig`]) and calls
+//! [`worker::run`], which sets up logs, the runtime and AWS, and runs the [`Engine`] until
+//! SIGTERM.
 //!
 //! The engine owns everything queue-shaped: long polling, the bounded pool of messages in
 //! flight, batch deletes, backoff through the visibility timeout, the dead-letter queue with
@@ -23,6 +24,7 @@ pub mod scaler;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod worker;
 
 pub use aws_error::{classify, AwsError, ErrorClass};
 pub use config::{EngineConfig, TelemetryConfig};

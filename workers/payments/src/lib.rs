@@ -14,7 +14,8 @@ pub mod payment;
 pub mod store;
 
 use clap::Parser;
-use fleet::{EngineConfig, Handler, Message, Outcome, RuntimeConfig, TelemetryConfig};
+use fleet::worker::WorkerArgs;
+use fleet::{Handler, Message, Outcome};
 
 use crate::payment::{
     Payment, ATTR_API_KEY_ID, ATTR_PAYMENT_ID, ATTR_RECEIVED_AT, ATTR_REQUEST_ID,
@@ -33,17 +34,9 @@ pub struct Config {
     #[arg(long, env = "PAYMENTS_TABLE", value_name = "PAYMENTS_TABLE")]
     pub table: String,
 
-    /// How the worker consumes its queue.
+    /// What every worker has: the engine, logs, threads.
     #[command(flatten)]
-    pub engine: EngineConfig,
-
-    /// Logging.
-    #[command(flatten)]
-    pub telemetry: TelemetryConfig,
-
-    /// Threads.
-    #[command(flatten)]
-    pub runtime: RuntimeConfig,
+    pub worker: WorkerArgs,
 }
 
 /// The payments handler, over any [`PaymentStore`].

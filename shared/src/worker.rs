@@ -1,0 +1,95 @@
+//! What every worker binary's `main` does around its handler: logs, the runtime, the AWS
+//! configuration, the engine, and a clean stop on SIGTERM or Ctrl-C.
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use fleet::{Handler, Message, Outcome};
+//!
+//! /// The worker's own settings, beside the ones every worker has.
+//! #[derive(clap::Parser)]
+//! struct Config {
+//!     #[arg(long, env = "ECHO_PREFIX")]
+//!     prefix: String,
+//!     #[command(flatten)]
+//!     worker: fleet::worker::WorkerArgs,
+//! }
+//!
+//! struct Echo(String);
+//! impl Handler for Echo {
+//!     async fn handle(&self, message: &Message) -> Outcome {
+//!         println!("{}{}", self.0, message.body);
+//!         Outcome::Done
+//!     }
+//! }
+//!
+//! let config = Config::parse();
+//! let prefix = config.prefix;
+//! fleet::worker::run("echo-worker", config.worker, |_sdk, _metrics| async { Echo(prefix) })
+//!     .unwrap();
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+
+use crate::{aws, shutdown, telemetry, Engine, EngineConfig, EngineError, Handler, Metrics};
+use crate::{RuntimeConfig, TelemetryConfig};
+
+/// The settings every worker binary has: flatten into its clap `Config`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// How the worker consumes its queue.
+    #[command(flatten)]
+    pub engine: EngineConfig,
+
+    /// Logging.
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+
+    /// Threads.
+    #[command(flatten)]
+    pub runtime: RuntimeConfig,
+}
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The tokio runtime could not be built.
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The engine could not start on its queue.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Runs a worker until SIGTERM or Ctrl-C: sets up logs, builds the runtime, loads the AWS
+/// configuration, asks `make_handler` for the handler (with the SDK configuration for its own
+/// clients and the metrics for its own counters), then runs the engine and drains.
+/// `name` is the worker's name in logs and metrics unless `FLEET_WORKER_NAME` says otherwise.
+///
+/// # Errors
+/// When the runtime cannot start, or the engine cannot read its queue.
+pub fn run<H, F, Fut>(name: &str, args: WorkerArgs, make_handler: F) -> Result<(), WorkerError>
+where
+    H: Handler,
+    F: FnOnce(SdkConfig, Arc<Metrics>) -> Fut,
+    Fut: Future<Output = H>,
+{
+    let WorkerArgs {
+        mut engine,
+        telemetry,
+        runtime,
+    } = args;
+    telemetry::init(&telemetry);
+    engine.worker_name.get_or_insert_with(|| name.to_owned());
+    runtime.build()?.block_on(async move {
+        let sdk = aws::load_config().await;
+        let metrics = Metrics::new();
+        let handler = make_handler(sdk.clone(), metrics.clone()).await;
+        Engine::new(aws::sqs_client(&sdk), engine, handler, metrics)
+            .run(shutdown::signal_token())
+            .await?;
+        Ok(())
+    })
+}
