@@ -62,22 +62,39 @@ class Provisioner:
             if err.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
                 raise
             url = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
-            self.sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+            # FifoQueue is fixed at creation; the rest converges.
+            changeable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
+            self.sqs.set_queue_attributes(QueueUrl=url, Attributes=changeable)
             return url
+
+    def queue_name(self, key: str, q: dict, dlq: bool = False) -> str:
+        """<prefix><key>[-dlq][.fifo]: the same rule as fleet::topology::QueueSpec::name."""
+        return self.name(key + ("-dlq" if dlq else "") + (".fifo" if q.get("fifo") else ""))
 
     def queues(self, spec: dict) -> dict[str, dict[str, str]]:
         out = {}
         for key, q in spec.items():
+            fifo = (
+                {
+                    "FifoQueue": "true",
+                    "ContentBasedDeduplication": "false",
+                    "DeduplicationScope": "messageGroup",
+                    "FifoThroughputLimit": "perMessageGroupId",
+                }
+                if q.get("fifo")
+                else {}
+            )
             dlq_url = self.queue(
-                self.name(f"{key}-dlq"),
-                {"MessageRetentionPeriod": str(q["dlq_retention_secs"])},
+                self.queue_name(key, q, dlq=True),
+                {"MessageRetentionPeriod": str(q["dlq_retention_secs"]), **fifo},
             )
             dlq_arn = self.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
                 "Attributes"
             ]["QueueArn"]
             url = self.queue(
-                self.name(key),
+                self.queue_name(key, q),
                 {
+                    **fifo,
                     "VisibilityTimeout": str(q["visibility_timeout_secs"]),
                     "MessageRetentionPeriod": str(q["message_retention_secs"]),
                     "RedrivePolicy": json.dumps(
@@ -85,7 +102,7 @@ class Provisioner:
                     ),
                 },
             )
-            out[key] = {"name": self.name(key), "url": url, "dlq_url": dlq_url}
+            out[key] = {"name": self.queue_name(key, q), "url": url, "dlq_url": dlq_url}
         return out
 
     # -- tables -------------------------------------------------------------------------
@@ -93,24 +110,32 @@ class Provisioner:
         out = {}
         for key, t in spec.items():
             name = self.name(key)
-            keys = [t["partition_key"]] + ([t["sort_key"]] if t.get("sort_key") else [])
+            indexes = t.get("indexes") or {}
             try:
-                self.ddb.describe_table(TableName=name)
+                existing = self.ddb.describe_table(TableName=name)["Table"]
             except ClientError as err:
                 if err.response["Error"]["Code"] != "ResourceNotFoundException":
                     raise
+                create = {}
+                if indexes:
+                    create["GlobalSecondaryIndexes"] = [gsi(n, i) for n, i in indexes.items()]
                 self.ddb.create_table(
                     TableName=name,
                     BillingMode="PAY_PER_REQUEST",
-                    AttributeDefinitions=[
-                        {"AttributeName": k["name"], "AttributeType": k["type"]} for k in keys
-                    ],
-                    KeySchema=[
-                        {"AttributeName": k["name"], "KeyType": kt}
-                        for k, kt in zip(keys, ["HASH", "RANGE"])
-                    ],
+                    AttributeDefinitions=attribute_definitions([t, *indexes.values()]),
+                    KeySchema=key_schema(t),
+                    **create,
                 )
                 self.ddb.get_waiter("table_exists").wait(TableName=name)
+            else:
+                have = {i["IndexName"] for i in existing.get("GlobalSecondaryIndexes", [])}
+                for index_name, index in indexes.items():
+                    if index_name not in have:
+                        self.ddb.update_table(
+                            TableName=name,
+                            AttributeDefinitions=attribute_definitions([t, index]),
+                            GlobalSecondaryIndexUpdates=[{"Create": gsi(index_name, index)}],
+                        )
             if t.get("ttl_attribute"):
                 ttl = self.ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
                 if ttl.get("TimeToLiveStatus") != "ENABLED":
@@ -181,6 +206,25 @@ class Provisioner:
             "key": key["value"],
             "key_id": key["id"],
         }
+
+
+def key_schema(spec: dict) -> list[dict]:
+    keys = [spec["partition_key"]] + ([spec["sort_key"]] if spec.get("sort_key") else [])
+    return [{"AttributeName": k["name"], "KeyType": kt} for k, kt in zip(keys, ["HASH", "RANGE"])]
+
+
+def attribute_definitions(specs: list[dict]) -> list[dict]:
+    """Every key attribute of a table and its indexes, once."""
+    seen = {}
+    for spec in specs:
+        for k in (spec["partition_key"], spec.get("sort_key")):
+            if k:
+                seen[k["name"]] = k["type"]
+    return [{"AttributeName": n, "AttributeType": t} for n, t in seen.items()]
+
+
+def gsi(name: str, spec: dict) -> dict:
+    return {"IndexName": name, "KeySchema": key_schema(spec), "Projection": {"ProjectionType": "ALL"}}
 
 
 def worker_env(topology: dict, queues: dict, tables: dict) -> dict[str, dict[str, str]]:

@@ -29,7 +29,10 @@ impl Fleet {
 
     /// The deployed name of the queue `key` (`dlq` for its dead-letter queue).
     pub(crate) fn name(&self, key: &str, dlq: bool) -> String {
-        format!("{}{key}{}", self.prefix, if dlq { DLQ_SUFFIX } else { "" })
+        match self.topology.queues.get(key) {
+            Some(spec) => spec.name(&self.prefix, key, dlq),
+            None => format!("{}{key}{}", self.prefix, if dlq { DLQ_SUFFIX } else { "" }),
+        }
     }
 
     /// URL of the queue named `key` in the topology (`dlq` for its dead-letter queue).

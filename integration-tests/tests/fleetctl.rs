@@ -9,6 +9,14 @@ use integration_tests::{
 };
 use serde_json::Value;
 
+/// The payments queue's row of `status --json`.
+fn payments_row(status: &Value) -> &Value {
+    status["queues"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["queue"] == "payments"))
+        .unwrap_or_else(|| panic!("no payments row: {status}"))
+}
+
 #[tokio::test]
 async fn status_reports_queue_counts_and_fails_when_a_dlq_holds_messages() -> Result<()> {
     let stack = Stack::provision().await?;
@@ -18,7 +26,7 @@ async fn status_reports_queue_counts_and_fails_when_a_dlq_holds_messages() -> Re
     let (code, out, err) = fleetctl(&stack, &["status", "--json"]).await?;
     assert_eq!(code, 0, "{err}");
     let status: Value = serde_json::from_str(&out)?;
-    let row = &status["queues"][0];
+    let row = payments_row(&status);
     assert_eq!(row["queue"], "payments");
     assert_eq!(row["visible"], 3);
     assert_eq!(row["in_flight"], 0);
@@ -53,14 +61,14 @@ async fn status_reports_queue_counts_and_fails_when_a_dlq_holds_messages() -> Re
         .await?;
     let (_, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
     let status: Value = serde_json::from_str(&out)?;
-    assert_eq!(status["queues"][0]["oldest_age_secs"], 42, "{status}");
+    assert_eq!(payments_row(&status)["oldest_age_secs"], 42, "{status}");
 
     dead_letter_payments(&stack, "conflict", &payments("dead", 2)).await?;
     let (code, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
     assert_eq!(code, 2, "a non-empty DLQ makes status exit 2");
     let status: Value = serde_json::from_str(&out)?;
-    assert_eq!(status["queues"][0]["dlq_depth"], 2);
-    assert!(status["queues"][0]["dlq_oldest_age_secs"].is_u64());
+    assert_eq!(payments_row(&status)["dlq_depth"], 2);
+    assert!(payments_row(&status)["dlq_oldest_age_secs"].is_u64());
 
     let (code, table, _) = fleetctl(&stack, &["status"]).await?;
     assert_eq!(code, 2);

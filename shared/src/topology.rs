@@ -3,7 +3,9 @@
 //!
 //! Resource names in the file are suffixes; a deployment prefixes them (`fleet-` locally,
 //! `<project>-<env>-` in Terraform). A queue `payments` is `<prefix>payments` with its
-//! dead-letter queue `<prefix>payments-dlq`.
+//! dead-letter queue `<prefix>payments-dlq`; a FIFO queue `books-commands` is
+//! `<prefix>books-commands.fifo` with `<prefix>books-commands-dlq.fifo` (SQS requires the
+//! `.fifo` ending, and a FIFO queue's DLQ to be FIFO).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,8 +15,10 @@ use serde::Deserialize;
 /// The topology as shipped with this build.
 pub const BUILTIN: &str = include_str!("../../topology.json");
 
-/// Suffix of every dead-letter queue's name.
+/// Suffix of every dead-letter queue's name (before `.fifo`).
 pub const DLQ_SUFFIX: &str = "-dlq";
+/// Ending SQS requires of a FIFO queue's name.
+pub const FIFO_SUFFIX: &str = ".fifo";
 
 /// The parts of `topology.json` the Rust side reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +39,20 @@ pub struct QueueSpec {
     pub max_receive_count: u32,
     /// The worker binary consuming it.
     pub worker: String,
+    /// A FIFO queue (ordered per message group, deduplicated).
+    #[serde(default)]
+    pub fifo: bool,
+}
+
+impl QueueSpec {
+    /// The deployed name of queue `key` under `prefix` (`dlq` for its dead-letter queue).
+    pub fn name(&self, prefix: &str, key: &str, dlq: bool) -> String {
+        format!(
+            "{prefix}{key}{}{}",
+            if dlq { DLQ_SUFFIX } else { "" },
+            if self.fifo { FIFO_SUFFIX } else { "" }
+        )
+    }
 }
 
 /// Errors reading a topology.
@@ -90,5 +108,15 @@ mod tests {
         let payments = &t.queues["payments"];
         assert_eq!(payments.max_receive_count, 3);
         assert_eq!(payments.worker, "payments-worker");
+        assert_eq!(
+            payments.name("fleet-", "payments", true),
+            "fleet-payments-dlq"
+        );
+        let books = &t.queues["books-commands"];
+        assert!(books.fifo);
+        assert_eq!(
+            books.name("fleet-", "books-commands", true),
+            "fleet-books-commands-dlq.fifo"
+        );
     }
 }

@@ -1,0 +1,551 @@
+//! Books end to end on LocalStack: commands through the gateway into the FIFO queue, applied in
+//! order by books-worker (the real binary) with optimistic concurrency; queries and command
+//! outcomes read straight from DynamoDB by the gateway.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use integration_tests::{eventually, fleetctl, string_attr, Stack, Worker};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const WORKER: &str = "books-worker";
+const ISBN: &str = "978-0-306-40615-7";
+
+/// A client of the books API that tasks can own.
+#[derive(Clone)]
+struct Books {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Books {
+    fn new(stack: &Stack) -> Self {
+        Self {
+            http: stack.http.clone(),
+            url: stack.info.api.url.clone(),
+            key: stack.info.api.key.clone(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .header("x-api-key", &self.key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let value = serde_json::from_str(&text).with_context(|| {
+            format!("{method} {path} answered {status} with invalid JSON: {text}")
+        })?;
+        Ok((status, value))
+    }
+
+    /// POST /books; returns (book id, request id).
+    async fn create(&self, book: &Value, key: Option<&str>) -> Result<(String, String)> {
+        let headers: Vec<_> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        let (status, body) = self
+            .call(Method::POST, "/books", &headers, Some(book))
+            .await?;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        Ok((text(&body["book_id"]), text(&body["request_id"])))
+    }
+
+    /// PUT /books/{id} at `version`; returns the request id.
+    async fn update(&self, id: &str, version: u64, book: &Value) -> Result<String> {
+        let version = version.to_string();
+        let (status, body) = self
+            .call(
+                Method::PUT,
+                &format!("/books/{id}"),
+                &[("If-Match", &version)],
+                Some(book),
+            )
+            .await?;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        Ok(text(&body["request_id"]))
+    }
+
+    async fn delete(&self, id: &str, version: Option<u64>) -> Result<String> {
+        let version = version.map(|v| v.to_string());
+        let headers: Vec<_> = version.iter().map(|v| ("If-Match", v.as_str())).collect();
+        let (status, body) = self
+            .call(Method::DELETE, &format!("/books/{id}"), &headers, None)
+            .await?;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        Ok(text(&body["request_id"]))
+    }
+
+    async fn get(&self, id: &str) -> Result<(StatusCode, Value)> {
+        self.call(Method::GET, &format!("/books/{id}"), &[], None)
+            .await
+    }
+
+    /// Waits for the decision on a command (GET /books/{id}/commands/{request id}).
+    async fn decision(&self, id: &str, request: &str) -> Result<Value> {
+        let path = format!("/books/{id}/commands/{request}");
+        eventually(
+            Duration::from_secs(60),
+            &format!("a decision on {path}"),
+            || async {
+                let (status, body) = self.call(Method::GET, &path, &[], None).await?;
+                Ok((status == StatusCode::OK).then_some(body))
+            },
+        )
+        .await
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_owned()
+}
+
+fn book(title: &str, author: &str) -> Value {
+    json!({"isbn": ISBN, "title": title, "author": author, "year": 1965, "tags": ["sf", "classic"]})
+}
+
+#[tokio::test]
+async fn commands_on_one_book_sent_back_to_back_apply_in_order() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    // All queued before the worker starts: they reach it in one batch, one group per book.
+    let (id, created) = api.create(&book("Dune", "Frank Herbert"), None).await?;
+    let updated = api
+        .update(&id, 1, &book("Dune Messiah", "Frank Herbert"))
+        .await?;
+    let deleted = api.delete(&id, Some(2)).await?;
+    let (kept, kept_created) = api.create(&book("Emma", "Jane Austen"), None).await?;
+    let kept_updated = api
+        .update(
+            &kept,
+            1,
+            &json!({"isbn": "0-306-40615-2", "title": "Emma (2nd ed.)", "author": "Jane Austen"}),
+        )
+        .await?;
+
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    for (request, version) in [(&created, 1), (&updated, 2), (&deleted, 3)] {
+        let decision = api.decision(&id, request).await?;
+        assert_eq!(decision["status"], "APPLIED", "{decision}");
+        assert_eq!(decision["version"], version, "{decision}");
+    }
+    assert_eq!(
+        api.decision(&kept, &kept_created).await?["status"],
+        "APPLIED"
+    );
+    assert_eq!(
+        api.decision(&kept, &kept_updated).await?["status"],
+        "APPLIED"
+    );
+
+    let (status, _) = api.get(&id).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleted");
+    let (status, emma) = api.get(&kept).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(emma["title"], "Emma (2nd ed.)");
+    assert_eq!(emma["isbn"], "0306406152", "stored as digits");
+    assert_eq!(emma["version"], 2);
+    assert_eq!(
+        emma["year"],
+        Value::Null,
+        "a full replacement drops what it omits"
+    );
+    assert_eq!(emma["tags"], json!([]));
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn fifty_books_five_commands_each_interleaved_end_in_their_last_state() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let api = api.clone();
+        creates.spawn(async move {
+            api.create(&book(&format!("book {i} round 0"), "Many"), None)
+                .await
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(created) = creates.join_next().await {
+        ids.push(created??.0);
+    }
+    // Four rounds of full replacements; each waits only for the gateway's 202s of the round
+    // before, so the worker sees every book's commands interleaved with the others'.
+    for round in 1..=4u64 {
+        let mut updates = tokio::task::JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (api, id) = (api.clone(), id.clone());
+            updates.spawn(async move {
+                api.update(
+                    &id,
+                    round,
+                    &book(&format!("book {i} round {round}"), "Many"),
+                )
+                .await
+            });
+        }
+        while let Some(sent) = updates.join_next().await {
+            sent??;
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let expected = format!("book {i} round 4");
+        let last = eventually(
+            Duration::from_secs(120),
+            &format!("book {i} at version 5"),
+            || async {
+                let (status, body) = api.get(id).await?;
+                Ok((status == StatusCode::OK && body["version"] == 5).then_some(body))
+            },
+        )
+        .await?;
+        assert_eq!(last["title"], expected.as_str());
+    }
+    worker
+        .wait_for_total("commands_applied", 250, Duration::from_secs(10))
+        .await?;
+    assert_eq!(
+        worker.total("commands_rejected"),
+        0,
+        "a command was applied out of order"
+    );
+    assert_eq!(worker.total("dead_lettered"), 0);
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stale_if_match_changes_nothing_and_the_reason_is_readable() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    let (id, created) = api.create(&book("Kindred", "Octavia Butler"), None).await?;
+    api.decision(&id, &created).await?;
+    // Two clients read version 1 and both write.
+    let first = api
+        .update(&id, 1, &book("Kindred (first)", "Octavia Butler"))
+        .await?;
+    let second = api
+        .update(&id, 1, &book("Kindred (second)", "Octavia Butler"))
+        .await?;
+    assert_eq!(api.decision(&id, &first).await?["status"], "APPLIED");
+    let rejected = api.decision(&id, &second).await?;
+    assert_eq!(rejected["status"], "REJECTED", "{rejected}");
+    assert_eq!(rejected["reason"], "stale-version");
+    assert!(
+        text(&rejected["detail"]).contains("version 2"),
+        "{rejected}"
+    );
+    let (_, now) = api.get(&id).await?;
+    assert_eq!(now["title"], "Kindred (first)", "no overwrite");
+    assert_eq!(now["version"], 2);
+
+    let missing = api.delete("no-such-book", None).await?;
+    let decision = api.decision("no-such-book", &missing).await?;
+    assert_eq!(decision["reason"], "not-found", "{decision}");
+    assert_eq!(
+        worker.total("dead_lettered"),
+        0,
+        "rejections are answers, not incidents"
+    );
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    let queue = stack.queue("books-commands").clone();
+    let (id, request) = api
+        .create(&book("Solaris", "Stanislaw Lem"), Some("create-solaris"))
+        .await?;
+    let (again, request_again) = api
+        .create(&book("Solaris", "Stanislaw Lem"), Some("create-solaris"))
+        .await?;
+    assert_eq!(
+        (&again, &request_again),
+        (&id, &request),
+        "the same key names the same command"
+    );
+    assert_eq!(
+        stack.depth(&queue.url).await?,
+        1,
+        "SQS deduplicated the retry"
+    );
+
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    assert_eq!(api.decision(&id, &request).await?["status"], "APPLIED");
+    // A replay after SQS's 5-minute window: same command, new deduplication id.
+    let (_, applied) = api.get(&id).await?;
+    let replay = |body: Value, dedup: &str| {
+        stack
+            .sqs
+            .send_message()
+            .queue_url(&queue.url)
+            .message_group_id(&id)
+            .message_deduplication_id(dedup)
+            .message_body(body.to_string())
+            .message_attributes("command", string_attr("CREATE"))
+            .message_attributes("bookId", string_attr(&id))
+            .message_attributes("requestId", string_attr(&request))
+            .send()
+    };
+    replay(book("Solaris", "Stanislaw Lem"), "late-replay").await?;
+    worker
+        .wait_for_total("duplicates", 1, Duration::from_secs(30))
+        .await?;
+    let (_, after) = api.get(&id).await?;
+    assert_eq!(after, applied, "a replay writes nothing");
+    assert_eq!(worker.total("commands_applied"), 1);
+
+    // The same key with another payload: the first command stands, the second is an incident.
+    replay(book("Solaris (other)", "Stanislaw Lem"), "reused-key").await?;
+    let dead = stack
+        .wait_for_messages(&queue.dlq_url, "the reused key in the DLQ")
+        .await?;
+    let attrs = dead[0].message_attributes().context("attributes")?;
+    assert_eq!(
+        attrs["fleet.error.kind"].string_value(),
+        Some("idempotency-conflict")
+    );
+    let group = dead[0]
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId));
+    assert_eq!(group, Some(&id), "the FIFO DLQ copy keeps the book's group");
+    let (_, still) = api.get(&id).await?;
+    assert_eq!(still["title"], "Solaris");
+    worker.terminate(Duration::from_secs(30)).await?;
+
+    // The operator tool redrives a FIFO DLQ (hand back the copy received above first).
+    stack
+        .sqs
+        .change_message_visibility()
+        .queue_url(&queue.dlq_url)
+        .receipt_handle(dead[0].receipt_handle().context("receipt")?)
+        .visibility_timeout(0)
+        .send()
+        .await?;
+    let (code, out, err) = fleetctl(
+        &stack,
+        &["dlq", "redrive", "books-commands", "--method", "batch"],
+    )
+    .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let summary: Value = serde_json::from_str(&out)?;
+    assert_eq!(summary["moved"], 1, "{summary}");
+    assert_eq!(stack.depth(&queue.url).await?, 1, "back on the FIFO queue");
+    Ok(())
+}
+
+#[tokio::test]
+async fn queries_read_by_id_and_page_through_an_author_newest_first() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(
+            api.create(&book(&format!("Ancillary {i}"), "Ann Leckie"), None)
+                .await?,
+        );
+    }
+    let (other, other_request) = api
+        .create(&book("Provenance", "Someone Else"), None)
+        .await?;
+    for (id, request) in created.iter().chain([&(other.clone(), other_request)]) {
+        assert_eq!(api.decision(id, request).await?["status"], "APPLIED");
+    }
+
+    let (status, one) = api.get(&created[0].0).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["author"], "Ann Leckie");
+    assert_eq!(one["tags"], json!(["sf", "classic"]));
+    assert_eq!(one["year"], 1965);
+
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = "/books?author=Ann%20Leckie&limit=3".to_owned();
+        if let Some(t) = &token {
+            path.push_str(&format!("&next_token={t}"));
+        }
+        let (status, page) = api.call(Method::GET, &path, &[], None).await?;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        let items = page["items"].as_array().context("items")?;
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().cloned());
+        match page["next_token"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert!(pages >= 3, "7 books in pages of 3: {pages} pages");
+    let ids: HashSet<&str> = seen
+        .iter()
+        .map(|b| b["book_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 7, "every book exactly once: {seen:?}");
+    assert!(
+        !ids.contains(other.as_str()),
+        "another author's book listed"
+    );
+    let times: Vec<u64> = seen
+        .iter()
+        .map(|b| b["created_at"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+
+    for (path, what) in [
+        (
+            "/books?author=Ann%20Leckie&next_token=garbage",
+            "invalid next_token",
+        ),
+        ("/books?author=Ann%20Leckie&limit=0", "invalid limit"),
+        ("/books?author=Ann%20Leckie&limit=ten", "invalid limit"),
+        ("/books", "author"),
+    ] {
+        let (status, body) = api.call(Method::GET, path, &[], None).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap_or("").contains(what),
+            "{path}: {body}"
+        );
+    }
+    let (status, _) = api.get("never-created").await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .call(
+            Method::GET,
+            &format!("/books/{other}/commands/unknown"),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_at_the_gateway_and_a_bad_check_digit_by_the_worker() -> Result<()>
+{
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    let queue = stack.queue("books-commands").clone();
+    let good = book("Dune", "Frank Herbert");
+    let mut no_isbn_shape = good.clone();
+    no_isbn_shape["isbn"] = json!("12-34");
+    let mut unknown_field = good.clone();
+    unknown_field["price"] = json!(3);
+    let mut blank_title = good.clone();
+    blank_title["title"] = json!("   ");
+    for (method, path, headers, body, what) in [
+        (
+            Method::POST,
+            "/books",
+            vec![],
+            Some(&no_isbn_shape),
+            "isbn shape",
+        ),
+        (
+            Method::POST,
+            "/books",
+            vec![],
+            Some(&unknown_field),
+            "unknown field",
+        ),
+        (
+            Method::POST,
+            "/books",
+            vec![],
+            Some(&blank_title),
+            "blank title",
+        ),
+        (
+            Method::POST,
+            "/books",
+            vec![("Idempotency-Key", "not a key!")],
+            Some(&good),
+            "bad key",
+        ),
+        (
+            Method::PUT,
+            "/books/b-1",
+            vec![],
+            Some(&good),
+            "no If-Match",
+        ),
+        (
+            Method::PUT,
+            "/books/b-1",
+            vec![("If-Match", "v1")],
+            Some(&good),
+            "bad If-Match",
+        ),
+        (Method::DELETE, "/books/b.1", vec![], None, "bad book id"),
+    ] {
+        let (status, body) = api.call(method, path, &headers, body).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        if what.contains("If-Match") {
+            assert!(
+                body["message"].as_str().unwrap_or("").contains("If-Match"),
+                "{body}"
+            );
+        }
+    }
+    let status = stack
+        .http
+        .post(format!("{}/books", stack.info.api.url))
+        .header("content-type", "application/json")
+        .body(good.to_string())
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, StatusCode::FORBIDDEN, "no API key");
+    assert_eq!(
+        stack.depth(&queue.url).await?,
+        0,
+        "nothing refused was queued"
+    );
+
+    let mut wrong_digit = good.clone();
+    wrong_digit["isbn"] = json!("978-0-306-40615-8");
+    let (id, request) = api.create(&wrong_digit, None).await?;
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    let decision = api.decision(&id, &request).await?;
+    assert_eq!(decision["status"], "REJECTED");
+    assert_eq!(decision["reason"], "invalid-isbn");
+    let (status, _) = api.get(&id).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing stored");
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! Where books live: the narrow trait the handler needs, and its DynamoDB implementation.
+//!
+//! Two tables: `books` (the query side, one row per live book, with a `version`) and
+//! `book-commands` (one record per command: what became of it). A command is applied with ONE
+//! `TransactWriteItems`: its record (only if absent: a replay applies nothing twice) and the
+//! change to the book (only at the expected version: optimistic concurrency).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
+use fleet::{classify, AwsError, ErrorClass, Metrics};
+
+use crate::command::{Command, Kind, Rejection};
+
+/// How long command records are kept (their `expires_at` TTL): a key replayed later than this
+/// is a new command.
+pub const RECORD_RETENTION_SECS: u64 = 30 * 24 * 3600;
+
+/// What became of an attempt to apply a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Apply {
+    /// The book changed and the command is recorded as applied.
+    Applied,
+    /// The command was decided before (a replay); the hash it was decided with.
+    Duplicate {
+        /// The recorded command's payload hash.
+        payload_hash: Option<String>,
+    },
+    /// The book was not in the state the command expects; nothing was written.
+    Refused {
+        /// The book's version now (`None`: there is no such book).
+        current_version: Option<u64>,
+    },
+}
+
+/// What became of recording a rejection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded now.
+    Recorded,
+    /// The command was decided before; the hash it was decided with.
+    AlreadyDecided {
+        /// The recorded command's payload hash.
+        payload_hash: Option<String>,
+    },
+}
+
+/// The books and their command records.
+pub trait BookStore: Send + Sync + 'static {
+    /// Applies a command and records it, atomically, unless it was decided before or the book
+    /// is not in the expected state.
+    fn apply(&self, command: &Command) -> impl Future<Output = Result<Apply, AwsError>> + Send;
+
+    /// Records a command as rejected (unless it was decided before); the book is not touched.
+    fn reject(
+        &self,
+        command: &Command,
+        rejection: &Rejection,
+    ) -> impl Future<Output = Result<Recorded, AwsError>> + Send;
+}
+
+/// The two tables in DynamoDB.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    books: String,
+    commands: String,
+    writes: Arc<AtomicU64>,
+}
+
+impl DynamoStore {
+    /// A store over the `books` and `commands` tables, counting its write calls in `metrics`
+    /// as `dynamodb_writes`.
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        books: String,
+        commands: String,
+        metrics: &Metrics,
+    ) -> Self {
+        Self {
+            client,
+            books,
+            commands,
+            writes: metrics.counter("dynamodb_writes"),
+        }
+    }
+
+    /// The record of a decided command.
+    fn record(
+        command: &Command,
+        rejection: Option<&Rejection>,
+        now: u64,
+    ) -> HashMap<String, AttributeValue> {
+        let mut item = HashMap::from([
+            ("book_id".to_owned(), s(&command.book_id)),
+            ("request_id".to_owned(), s(&command.request_id)),
+            ("command".to_owned(), s(command.kind.as_str())),
+            ("payload_hash".to_owned(), s(&command.payload_hash)),
+            ("decided_at".to_owned(), n(now)),
+            (
+                "expires_at".to_owned(),
+                n(now / 1000 + RECORD_RETENTION_SECS),
+            ),
+        ]);
+        match rejection {
+            None => {
+                item.insert("status".into(), s("APPLIED"));
+                if let Some(version) = command.next_version() {
+                    item.insert("version".into(), n(version));
+                }
+            }
+            Some(r) => {
+                item.insert("status".into(), s("REJECTED"));
+                item.insert("reason".into(), s(r.reason));
+                item.insert("detail".into(), s(&r.detail));
+            }
+        }
+        if let Some(at) = command.received_at_ms {
+            item.insert("received_at".into(), n(at));
+        }
+        item
+    }
+
+    /// The change to the book, conditioned on the state the command expects.
+    fn change(&self, command: &Command, now: u64) -> TransactWriteItem {
+        let key = HashMap::from([("book_id".to_owned(), s(&command.book_id))]);
+        let expected = command.if_match.map(n);
+        let built = match (command.kind, &command.book) {
+            (Kind::Create, Some(book)) => {
+                let mut item = key;
+                item.extend([
+                    ("isbn".to_owned(), s(&book.isbn)),
+                    ("title".to_owned(), s(&book.title)),
+                    ("author".to_owned(), s(&book.author)),
+                    ("version".to_owned(), n(1)),
+                    (
+                        "created_at".to_owned(),
+                        n(command.received_at_ms.unwrap_or(now)),
+                    ),
+                    ("updated_at".to_owned(), n(now)),
+                    ("last_request_id".to_owned(), s(&command.request_id)),
+                ]);
+                if let Some(year) = book.year {
+                    item.insert("year".into(), AttributeValue::N(year.to_string()));
+                }
+                if !book.tags.is_empty() {
+                    item.insert("tags".into(), tags(&book.tags));
+                }
+                let put = Put::builder()
+                    .table_name(&self.books)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(book_id)")
+                    .build()
+                    .expect("table and item are set");
+                return TransactWriteItem::builder().put(put).build();
+            }
+            (Kind::Update, Some(book)) => {
+                let mut set = vec![
+                    "#isbn = :isbn",
+                    "#title = :title",
+                    "#author = :author",
+                    "#version = :next",
+                    "#updated = :now",
+                    "#rid = :rid",
+                ];
+                let mut remove = Vec::new();
+                let mut values = HashMap::from([
+                    (":isbn".to_owned(), s(&book.isbn)),
+                    (":title".to_owned(), s(&book.title)),
+                    (":author".to_owned(), s(&book.author)),
+                    (
+                        ":next".to_owned(),
+                        n(command.next_version().expect("an update has If-Match")),
+                    ),
+                    (":now".to_owned(), n(now)),
+                    (":rid".to_owned(), s(&command.request_id)),
+                    (
+                        ":expected".to_owned(),
+                        expected.expect("an update has If-Match"),
+                    ),
+                ]);
+                match book.year {
+                    Some(year) => {
+                        set.push("#year = :year");
+                        values.insert(":year".into(), AttributeValue::N(year.to_string()));
+                    }
+                    None => remove.push("#year"),
+                }
+                if book.tags.is_empty() {
+                    remove.push("#tags");
+                } else {
+                    set.push("#tags = :tags");
+                    values.insert(":tags".into(), tags(&book.tags));
+                }
+                let mut expression = format!("SET {}", set.join(", "));
+                if !remove.is_empty() {
+                    expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+                }
+                let update = Update::builder()
+                    .table_name(&self.books)
+                    .set_key(Some(key))
+                    .update_expression(expression)
+                    .condition_expression("#version = :expected")
+                    .set_expression_attribute_names(Some(names(&[
+                        "isbn", "title", "author", "version", "updated", "rid", "year", "tags",
+                    ])))
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .expect("table, key and expression are set");
+                TransactWriteItem::builder().update(update)
+            }
+            (Kind::Delete, _) | (_, None) => {
+                let mut delete = Delete::builder().table_name(&self.books).set_key(Some(key));
+                delete = match expected {
+                    Some(version) => delete
+                        .condition_expression("#version = :expected")
+                        .expression_attribute_names("#version", "version")
+                        .expression_attribute_values(":expected", version),
+                    None => delete.condition_expression("attribute_exists(book_id)"),
+                };
+                TransactWriteItem::builder().delete(delete.build().expect("table and key are set"))
+            }
+        };
+        built.build()
+    }
+
+    async fn current_version(&self, book_id: &str) -> Result<Option<u64>, AwsError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.books)
+            .key("book_id", s(book_id))
+            .consistent_read(true)
+            .projection_expression("#v")
+            .expression_attribute_names("#v", "version")
+            .send()
+            .await
+            .map_err(|e| classify(&e))?
+            .item;
+        Ok(item
+            .as_ref()
+            .and_then(|i| i.get("version"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    async fn recorded_hash(&self, command: &Command) -> Result<Option<String>, AwsError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.commands)
+            .key("book_id", s(&command.book_id))
+            .key("request_id", s(&command.request_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?
+            .item;
+        Ok(hash_of(item.as_ref()))
+    }
+}
+
+impl BookStore for DynamoStore {
+    async fn apply(&self, command: &Command) -> Result<Apply, AwsError> {
+        let now = now_ms();
+        let record = Put::builder()
+            .table_name(&self.commands)
+            .set_item(Some(Self::record(command, None, now)))
+            .condition_expression("attribute_not_exists(request_id)")
+            .build()
+            .expect("table and item are set");
+        Metrics::incr(&self.writes);
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(record).build())
+            .transact_items(self.change(command, now))
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok(Apply::Applied),
+            Err(err) => err,
+        };
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+            err.as_service_error()
+        else {
+            return Err(classify(&err));
+        };
+        let codes: Vec<&str> = cancelled
+            .cancellation_reasons()
+            .iter()
+            .map(|r| r.code().unwrap_or("None"))
+            .collect();
+        match codes.as_slice() {
+            ["ConditionalCheckFailed", ..] => Ok(Apply::Duplicate {
+                payload_hash: self.recorded_hash(command).await?,
+            }),
+            [_, "ConditionalCheckFailed"] => Ok(Apply::Refused {
+                current_version: self.current_version(&command.book_id).await?,
+            }),
+            // TransactionConflict (another writer on the same item), throttling: try again.
+            _ => Err(AwsError {
+                class: ErrorClass::Retryable,
+                code: "TransactionCanceled".into(),
+                message: format!("transaction cancelled: {}", codes.join(", ")),
+            }),
+        }
+    }
+
+    async fn reject(&self, command: &Command, rejection: &Rejection) -> Result<Recorded, AwsError> {
+        Metrics::incr(&self.writes);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.commands)
+            .set_item(Some(Self::record(command, Some(rejection), now_ms())))
+            .condition_expression("attribute_not_exists(request_id)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Recorded::Recorded),
+            Err(err) => match err.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                    Ok(Recorded::AlreadyDecided {
+                        payload_hash: hash_of(failed.item()),
+                    })
+                }
+                _ => Err(classify(&err)),
+            },
+        }
+    }
+}
+
+fn hash_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<String> {
+    item?.get("payload_hash")?.as_s().ok().cloned()
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn tags(tags: &[String]) -> AttributeValue {
+    AttributeValue::L(tags.iter().map(|t| s(t)).collect())
+}
+
+/// `#name` → `name`, with `#updated` → `updated_at` and `#rid` → `last_request_id`.
+fn names(short: &[&str]) -> HashMap<String, String> {
+    short
+        .iter()
+        .map(|name| {
+            let attribute = match *name {
+                "updated" => "updated_at",
+                "rid" => "last_request_id",
+                other => other,
+            };
+            (format!("#{name}"), attribute.to_owned())
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
