@@ -15,7 +15,7 @@ export SQS_ENDPOINT_STRATEGY=off                       # queue URLs on 127.0.0.1
 export DNS_ADDRESS=0 SKIP_SSL_CERT_DOWNLOAD=1 DISABLE_EVENTS=1
 export LOCALSTACK_VOLUME_DIR="$LS_DIR/volume"
 export PROVIDER_OVERRIDE_DYNAMODB=moto                 # localstack/dynamodb-moto-provider
-export SERVICES="sqs,dynamodb,apigateway,iam,sts,sns,s3,ec2,cloudwatch,logs,events,scheduler"
+export SERVICES="sqs,dynamodb,apigateway,iam,sts,sns,s3,ec2,cloudwatch,logs,events,scheduler,kms"
 
 ls_healthy() {
   curl -fsS --max-time 2 "$LS_URL/_localstack/health" >/dev/null 2>&1

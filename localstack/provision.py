@@ -25,15 +25,26 @@ from botocore.exceptions import ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "000000000000"
-PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${name} placeholders, and Terraform's escapes $${ and %%{ (literal ${ and %{).
+TEMPLATE = re.compile(r"\$\$\{|%%\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|%\{|\$\{")
 
 
 def render(template: str, values: dict[str, str]) -> str:
-    """Fills ${name} placeholders like Terraform's templatefile; an unknown name is an error."""
-    missing = sorted({m.group(1) for m in PLACEHOLDER.finditer(template)} - values.keys())
-    if missing:
-        raise SystemExit(f"the API document uses placeholders with no value: {', '.join(missing)}")
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    """Renders like Terraform's templatefile with plain ${name} placeholders: an unknown name,
+    an expression or a %{ directive is an error (Terraform would evaluate it)."""
+
+    def sub(m: re.Match) -> str:
+        text = m.group(0)
+        if text in ("$${", "%%{"):
+            return text[1:]
+        if m.group(1) is None:
+            line = template.count("\n", 0, m.start()) + 1
+            raise SystemExit(f"line {line} of the API document has template syntax ({text}) that is not a ${{name}} placeholder")
+        if m.group(1) not in values:
+            raise SystemExit(f"the API document uses a placeholder with no value: {m.group(1)}")
+        return values[m.group(1)]
+
+    return TEMPLATE.sub(sub, template)
 
 
 class Provisioner:

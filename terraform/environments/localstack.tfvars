@@ -1,0 +1,6 @@
+# scripts/terraform-local: the SQS, DynamoDB, SNS, S3 and API parts on LocalStack.
+environment                = "local"
+region                     = "us-east-1"
+localstack_endpoint        = "http://127.0.0.1:4566"
+workers_enabled            = false
+manage_api_gateway_account = false

@@ -1,0 +1,9 @@
+# terraform apply -var-file=environments/prod.tfvars (VPC and subnets: set them here or with -var)
+environment              = "prod"
+region                   = "eu-west-1"
+api_clients              = ["default"]
+api_throttle_rate_limit  = 500
+api_throttle_burst_limit = 1000
+waf_enabled              = true
+deletion_protection      = true
+log_retention_days       = 365

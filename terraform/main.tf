@@ -1,0 +1,135 @@
+# The fleet on AWS, from the same two files the local stack is provisioned from:
+# ../topology.json (queues, tables, workers, API variables) and the OpenAPI document it names.
+
+data "aws_caller_identity" "current" {}
+data "aws_region" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  topology = jsondecode(file("${path.module}/../topology.json"))
+  prefix   = "${var.project}-${var.environment}-"
+
+  queues  = local.topology.queues
+  tables  = local.topology.tables
+  workers = local.topology.workers
+
+  # "queue:NAME" / "table:NAME" references of the topology, resolved to deployed names.
+  names = merge(
+    { for key, q in module.queue : "queue:${key}" => q.name },
+    { for key, t in module.table : "table:${key}" => t.name },
+  )
+}
+
+# One customer-managed key for the environment's queues, tables, topics, logs and bucket.
+resource "aws_kms_key" "fleet" {
+  description             = "${local.prefix}fleet: queues, tables, topics, logs, results"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.kms.json
+}
+
+resource "aws_kms_alias" "fleet" {
+  name          = "alias/${local.prefix}fleet"
+  target_key_id = aws_kms_key.fleet.key_id
+}
+
+data "aws_iam_policy_document" "kms" {
+  #checkov:skip=CKV_AWS_111:In a key policy, resource "*" is the key itself; the account delegates to IAM policies, which name the key.
+  #checkov:skip=CKV_AWS_356:In a key policy, resource "*" is the key itself.
+  #checkov:skip=CKV_AWS_109:The account root statement is the standard key policy that lets IAM policies govern the key.
+  statement {
+    sid       = "AccountAdministersThroughIam"
+    actions   = ["kms:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+  statement {
+    sid       = "ServicesEncryptForTheFleet"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
+    resources = ["*"]
+    principals {
+      type = "Service"
+      identifiers = [
+        "logs.${data.aws_region.current.name}.amazonaws.com",
+        "cloudwatch.amazonaws.com",
+        "sns.amazonaws.com",
+        "sqs.amazonaws.com",
+      ]
+    }
+  }
+}
+
+module "queue" {
+  source   = "./modules/queue"
+  for_each = local.queues
+
+  name                         = "${local.prefix}${each.key}"
+  fifo                         = try(each.value.fifo, false)
+  visibility_timeout_seconds   = each.value.visibility_timeout_secs
+  max_receive_count            = each.value.max_receive_count
+  message_retention_seconds    = each.value.message_retention_secs
+  dlq_retention_seconds        = each.value.dlq_retention_secs
+  kms_key_arn                  = aws_kms_key.fleet.arn
+  alarm_topic_arn              = aws_sns_topic.alarms.arn
+  oldest_message_alarm_seconds = var.oldest_message_alarm_seconds
+}
+
+module "table" {
+  source   = "./modules/table"
+  for_each = local.tables
+
+  name                = "${local.prefix}${each.key}"
+  partition_key       = each.value.partition_key
+  sort_key            = try(each.value.sort_key, null)
+  ttl_attribute       = try(each.value.ttl_attribute, null)
+  indexes             = try(each.value.indexes, {})
+  kms_key_arn         = aws_kms_key.fleet.arn
+  deletion_protection = var.deletion_protection
+}
+
+module "api" {
+  source = "./modules/api"
+
+  name          = "${local.prefix}api"
+  document_path = "${path.module}/../${local.topology.api.document}"
+  template_vars = { for var_name, ref in local.topology.api.template_vars : var_name => local.names[ref] }
+  # The queues and tables the document's integrations name, nothing more.
+  queue_arns = [for ref in values(local.topology.api.template_vars) : module.queue[split(":", ref)[1]].arn if startswith(ref, "queue:")]
+  table_arns = [for ref in values(local.topology.api.template_vars) : module.table[split(":", ref)[1]].arn if startswith(ref, "table:")]
+
+  kms_key_arn          = aws_kms_key.fleet.arn
+  stage_name           = var.environment
+  throttle_rate_limit  = var.api_throttle_rate_limit
+  throttle_burst_limit = var.api_throttle_burst_limit
+  api_clients          = var.api_clients
+  log_retention_days   = var.log_retention_days
+  waf_enabled          = var.waf_enabled
+}
+
+# Stage logs need an account-wide CloudWatch role for API Gateway (once per account and region).
+resource "aws_iam_role" "api_gateway_logs" {
+  count = var.manage_api_gateway_account ? 1 : 0
+  name  = "${local.prefix}apigateway-logs"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "apigateway.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+}
+
+resource "aws_iam_role_policy_attachment" "api_gateway_logs" {
+  count      = var.manage_api_gateway_account ? 1 : 0
+  role       = aws_iam_role.api_gateway_logs[0].name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+}
+
+resource "aws_api_gateway_account" "this" {
+  count               = var.manage_api_gateway_account ? 1 : 0
+  cloudwatch_role_arn = aws_iam_role.api_gateway_logs[0].arn
+}

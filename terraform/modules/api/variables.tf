@@ -1,0 +1,77 @@
+variable "name" {
+  description = "Name of the REST API (and prefix of its role, stage log group and usage plan)."
+  type        = string
+}
+
+variable "document_path" {
+  description = "Path of the OpenAPI document with x-amazon-apigateway-integration extensions (api-gateway-mappings/openapi.yaml)."
+  type        = string
+}
+
+variable "template_vars" {
+  description = "Values of the document's placeholders besides region, account_id and api_role_arn (queue and table names)."
+  type        = map(string)
+}
+
+variable "queue_arns" {
+  description = "Queues the API may send to (sqs:SendMessage, nothing else)."
+  type        = list(string)
+}
+
+variable "table_arns" {
+  description = "Tables the API reads directly (dynamodb:GetItem and Query, on the tables and their indexes)."
+  type        = list(string)
+}
+
+variable "kms_key_arn" {
+  description = "KMS key of the queues and tables (the role may use it to encrypt messages and decrypt items) and of the access log group."
+  type        = string
+}
+
+variable "stage_name" {
+  description = "Name of the stage (part of the invoke URL)."
+  type        = string
+  default     = "v1"
+}
+
+variable "throttle_rate_limit" {
+  description = "Steady-state requests per second, per stage and per API key."
+  type        = number
+  default     = 100
+}
+
+variable "throttle_burst_limit" {
+  description = "Burst of requests above the rate, per stage and per API key."
+  type        = number
+  default     = 200
+}
+
+variable "api_clients" {
+  description = "Names of the clients that get an API key (each in the usage plan)."
+  type        = list(string)
+  default     = []
+}
+
+variable "log_retention_days" {
+  description = "Retention of the access log group, in days."
+  type        = number
+  default     = 365
+}
+
+variable "waf_enabled" {
+  description = "Put a WAFv2 web ACL (AWS managed common rules and a per-IP rate limit) in front of the stage."
+  type        = bool
+  default     = false
+}
+
+variable "waf_rate_limit" {
+  description = "Requests per 5 minutes from one IP address before WAF blocks it (when waf_enabled)."
+  type        = number
+  default     = 2000
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,100 @@
+variable "name" {
+  description = "Name of the worker (service, task family, roles, log group)."
+  type        = string
+}
+
+variable "cluster_arn" {
+  description = "ECS cluster running the service."
+  type        = string
+}
+
+variable "image" {
+  description = "Container image of the worker (repository:tag)."
+  type        = string
+}
+
+variable "cpu" {
+  description = "Fargate CPU units per task (256 = 0.25 vCPU)."
+  type        = number
+  default     = 256
+}
+
+variable "memory" {
+  description = "Fargate memory per task, in MiB."
+  type        = number
+  default     = 512
+}
+
+variable "environment" {
+  description = "Environment of the worker (FLEET_* settings and its own, e.g. table names)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "queue" {
+  description = "The queue the worker consumes and its dead-letter queue."
+  type = object({
+    name    = string
+    arn     = string
+    url     = string
+    dlq_arn = string
+    dlq_url = string
+  })
+}
+
+variable "dynamodb_table_arns" {
+  description = "Tables the worker writes (item reads and writes, TransactWriteItems)."
+  type        = list(string)
+  default     = []
+}
+
+variable "kms_key_arn" {
+  description = "KMS key of the queues and tables."
+  type        = string
+}
+
+variable "subnet_ids" {
+  description = "Private subnets of the tasks (they reach AWS through NAT or VPC endpoints)."
+  type        = list(string)
+}
+
+variable "security_group_ids" {
+  description = "Security groups of the tasks."
+  type        = list(string)
+}
+
+variable "shutdown_grace_seconds" {
+  description = "The worker's grace period on SIGTERM, in seconds (FLEET_SHUTDOWN_GRACE_SECS); ECS waits 10 s longer before SIGKILL (at most 120)."
+  type        = number
+  default     = 25
+}
+
+variable "log_retention_days" {
+  description = "Retention of the worker's log group, in days."
+  type        = number
+  default     = 365
+}
+
+variable "min_tasks" {
+  description = "Fewest tasks; 0 lets the service scale to zero on an empty queue (a step policy brings it back to one)."
+  type        = number
+  default     = 1
+}
+
+variable "max_tasks" {
+  description = "Most tasks."
+  type        = number
+  default     = 10
+}
+
+variable "target_backlog_per_task" {
+  description = "Messages (visible + in flight) one task should carry: acceptable latency in seconds x messages one task handles per second."
+  type        = number
+  default     = 400
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,70 @@
+output "api_invoke_url" {
+  description = "Base URL of the API (append /payments/{paymentId}, /books, ...)."
+  value       = module.api.invoke_url
+}
+
+output "api_id" {
+  description = "Id of the REST API."
+  value       = module.api.id
+}
+
+output "api_key_ids" {
+  description = "API key ids by client (read a value with: aws apigateway get-api-key --api-key ID --include-value)."
+  value       = module.api.api_key_ids
+}
+
+output "api_keys" {
+  description = "API key values by client."
+  value       = module.api.api_keys
+  sensitive   = true
+}
+
+output "api_document" {
+  description = "The OpenAPI document as deployed (rendered from api-gateway-mappings/openapi.yaml)."
+  value       = module.api.rendered_document
+}
+
+output "queue_urls" {
+  description = "Queue URLs by topology name."
+  value       = { for key, q in module.queue : key => q.url }
+}
+
+output "dlq_urls" {
+  description = "Dead-letter queue URLs by topology name."
+  value       = { for key, q in module.queue : key => q.dlq_url }
+}
+
+output "table_names" {
+  description = "Table names by topology name."
+  value       = { for key, t in module.table : key => t.name }
+}
+
+output "fleet_prefix" {
+  description = "Name prefix of this deployment: FLEET_PREFIX for fleetctl."
+  value       = local.prefix
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic of the operators' alarms."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "notification_topic_arn" {
+  description = "SNS topic of the fleet's business notifications."
+  value       = aws_sns_topic.notifications.arn
+}
+
+output "results_bucket" {
+  description = "Name of the results bucket."
+  value       = aws_s3_bucket.results.bucket
+}
+
+output "ecr_repositories" {
+  description = "ECR repository URLs by worker (push images tagged with image_tag)."
+  value       = { for key, r in aws_ecr_repository.worker : key => r.repository_url }
+}
+
+output "deploy_role_arn" {
+  description = "Role GitHub Actions assumes to deploy this environment (when github_repository is set)."
+  value       = try(aws_iam_role.deploy[0].arn, null)
+}
