@@ -7,10 +7,10 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 ARG WORKER
 WORKDIR /src
 COPY . .
-RUN test -n "$WORKER" || (echo "build with --build-arg WORKER=<worker crate>, e.g. payments-worker" >&2; exit 1)
+RUN test -n "$WORKER" || (echo "build with --build-arg WORKER=<worker binary>, e.g. payments-worker" >&2; exit 1)
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p "$WORKER" \
+    cargo build --release --locked --bin "$WORKER" \
     && cp "target/release/$WORKER" /worker
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -86,6 +86,7 @@ module "table" {
   sort_key            = try(each.value.sort_key, null)
   ttl_attribute       = try(each.value.ttl_attribute, null)
   indexes             = try(each.value.indexes, {})
+  stream_enabled      = try(each.value.expired_items_to, null) != null
   kms_key_arn         = aws_kms_key.fleet.arn
   deletion_protection = var.deletion_protection
 }

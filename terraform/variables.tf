@@ -27,6 +27,12 @@ variable "workers_enabled" {
   default     = true
 }
 
+variable "expiry_pipes_enabled" {
+  description = "Forward TTL deletions to the queues the topology names (DynamoDB stream -> EventBridge Pipes). Off for LocalStack, whose community edition has no Pipes and never expires items."
+  type        = bool
+  default     = true
+}
+
 variable "image_tag" {
   description = "Tag of the worker images in ECR (CI/CD pushes the commit SHA)."
   type        = string

@@ -2,13 +2,15 @@
 
 locals {
   worker_settings = {
+    # Workers marked local_only (stand-ins for external services) are not deployed.
     for name, w in local.workers : name => {
       queue   = w.queue
       scaling = w.scaling
       grace   = w.shutdown_grace_secs
-      # The topology's env, with "table:x" / "queue:x" resolved, plus its in-process scaling.
+      # The topology's env, with "table:x" (name) / "queue:x" (URL) resolved, plus its
+      # in-process scaling.
       environment = merge(
-        { for k, ref in w.env : k => local.names[ref] },
+        { for k, ref in w.env : k => startswith(ref, "queue:") ? module.queue[split(":", ref)[1]].url : local.names[ref] },
         {
           FLEET_MIN_CONCURRENCY          = tostring(w.scaling.min_concurrency)
           FLEET_MAX_IN_FLIGHT            = tostring(w.scaling.max_concurrency)
@@ -17,16 +19,17 @@ locals {
         },
       )
       tables    = [for ref in values(w.env) : module.table[split(":", ref)[1]].arn if startswith(ref, "table:")]
+      sends_to  = [for ref in values(w.env) : module.queue[split(":", ref)[1]].arn if startswith(ref, "queue:")]
       cpu       = coalesce(try(var.worker_overrides[name].cpu, null), 256)
       memory    = coalesce(try(var.worker_overrides[name].memory, null), 512)
       min_tasks = coalesce(try(var.worker_overrides[name].min_tasks, null), w.scaling.min_tasks)
       max_tasks = coalesce(try(var.worker_overrides[name].max_tasks, null), w.scaling.max_tasks)
-    }
+    } if !try(w.local_only, false)
   }
 }
 
 resource "aws_ecr_repository" "worker" {
-  for_each             = var.workers_enabled ? local.workers : {}
+  for_each             = var.workers_enabled ? local.worker_settings : {}
   name                 = "${var.project}/${each.key}"
   image_tag_mutability = "IMMUTABLE"
   force_delete         = var.environment != "prod"
@@ -96,6 +99,7 @@ module "worker" {
     dlq_url = module.queue[each.value.queue].dlq_url
   }
   dynamodb_table_arns     = each.value.tables
+  send_queue_arns         = each.value.sends_to
   kms_key_arn             = aws_kms_key.fleet.arn
   subnet_ids              = var.private_subnet_ids
   security_group_ids      = [aws_security_group.workers[0].id]

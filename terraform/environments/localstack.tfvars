@@ -3,4 +3,5 @@ environment                = "local"
 region                     = "us-east-1"
 localstack_endpoint        = "http://127.0.0.1:4566"
 workers_enabled            = false
+expiry_pipes_enabled       = false
 manage_api_gateway_account = false

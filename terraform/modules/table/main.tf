@@ -17,6 +17,8 @@ resource "aws_dynamodb_table" "this" {
   hash_key                    = var.partition_key.name
   range_key                   = var.sort_key == null ? null : var.sort_key.name
   deletion_protection_enabled = var.deletion_protection
+  stream_enabled              = var.stream_enabled
+  stream_view_type            = var.stream_enabled ? "OLD_IMAGE" : null
 
   dynamic "attribute" {
     for_each = local.attributes

@@ -29,6 +29,12 @@ variable "indexes" {
   default = {}
 }
 
+variable "stream_enabled" {
+  description = "Enable the table's stream with old images (e.g. to forward TTL deletions)."
+  type        = bool
+  default     = false
+}
+
 variable "kms_key_arn" {
   description = "Customer-managed KMS key encrypting the table at rest."
   type        = string

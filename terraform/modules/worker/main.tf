@@ -75,8 +75,17 @@ data "aws_iam_policy_document" "task" {
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
         "dynamodb:ConditionCheckItem",
+        "dynamodb:Scan",
       ]
       resources = var.dynamodb_table_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = length(var.send_queue_arns) > 0 ? [1] : []
+    content {
+      sid       = "SendDownstream"
+      actions   = ["sqs:SendMessage"]
+      resources = var.send_queue_arns
     }
   }
   statement {

@@ -48,6 +48,12 @@ variable "dynamodb_table_arns" {
   default     = []
 }
 
+variable "send_queue_arns" {
+  description = "Other queues the worker sends to (sqs:SendMessage), e.g. a downstream step."
+  type        = list(string)
+  default     = []
+}
+
 variable "kms_key_arn" {
   description = "KMS key of the queues and tables."
   type        = string

@@ -1,0 +1,144 @@
+//! The post model shared by the four binaries: item attributes, messages, and their parsing.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::{Deserialize, Serialize};
+
+/// How long a post lives before it is archived.
+pub const POST_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+/// `status` of a post waiting for its decision (not public).
+pub const PENDING: &str = "PENDING";
+/// `status` (and `listing`, the key of the public index) of an approved post.
+pub const APPROVED: &str = "APPROVED";
+/// A decision that deletes the post.
+pub const REJECTED: &str = "REJECTED";
+
+/// Message attribute set by the gateway: the post's id.
+pub const ATTR_POST_ID: &str = "postId";
+/// Message attribute set by the gateway: when it received the post, ms since the epoch.
+pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+
+/// The body of `POST /posts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostRequest {
+    /// Title.
+    pub title: String,
+    /// Text.
+    pub body: String,
+    /// Author's name.
+    pub author: String,
+}
+
+/// What the approval service receives (approval-requests queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    /// The post to decide on.
+    pub post_id: String,
+    /// Its content.
+    #[serde(flatten)]
+    pub post: PostRequest,
+}
+
+/// What the approval service answers (approval-responses queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalResponse {
+    /// The post decided on.
+    pub post_id: String,
+    /// `APPROVED` or `REJECTED`.
+    pub decision: String,
+    /// Why, for a rejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// A string attribute.
+pub fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+/// A number attribute.
+pub fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// A number attribute of an item, when present and whole.
+pub fn number(item: &Item, name: &str) -> Option<u64> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+/// Now, ms since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The code of each reason a DynamoDB transaction was cancelled (`None` for items that were
+/// fine), when that was the error.
+pub fn cancellation_codes<E>(
+    err: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        E,
+    >,
+) -> Option<Vec<String>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match err.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(cancelled) => Some(
+            cancelled
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("None").to_owned())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Whether a cancellation reason is a failed condition.
+pub fn failed_condition(codes: &[String], index: usize) -> bool {
+    codes
+        .get(index)
+        .is_some_and(|c| c == "ConditionalCheckFailed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approval_messages_round_trip() {
+        let request = ApprovalRequest {
+            post_id: "p-1".into(),
+            post: PostRequest {
+                title: "t".into(),
+                body: "b".into(),
+                author: "a".into(),
+            },
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(
+            text,
+            r#"{"post_id":"p-1","title":"t","body":"b","author":"a"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ApprovalRequest>(&text).unwrap(),
+            request
+        );
+        let response: ApprovalResponse =
+            serde_json::from_str(r#"{"post_id":"p-1","decision":"APPROVED"}"#).unwrap();
+        assert_eq!(response.reason, None);
+    }
+
+    #[test]
+    fn a_post_request_refuses_unknown_fields() {
+        assert!(serde_json::from_str::<PostRequest>(
+            r#"{"title":"t","body":"b","author":"a","x":1}"#
+        )
+        .is_err());
+    }
+}
