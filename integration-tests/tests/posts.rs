@@ -21,6 +21,22 @@ fn start(stack: &Stack, worker: &str, extra: &[(&str, &str)]) -> Result<Worker> 
     Worker::spawn(worker, &env)
 }
 
+/// The whole approval flow: intake, the simulator with a policy and a delay, decisions.
+fn start_flow(stack: &Stack, policy: &str, delay_secs: &str) -> Result<Vec<Worker>> {
+    Ok(vec![
+        start(stack, "posts-worker", &[])?,
+        start(
+            stack,
+            "approval-simulator",
+            &[
+                ("APPROVAL_POLICY", policy),
+                ("APPROVAL_DELAY_SECS", delay_secs),
+            ],
+        )?,
+        start(stack, "approvals-worker", &[])?,
+    ])
+}
+
 async fn create(stack: &Stack, post: &Value) -> Result<String> {
     let response = stack
         .api(Method::POST, "/posts")
@@ -89,16 +105,7 @@ async fn listed(stack: &Stack) -> Result<Vec<String>> {
 #[tokio::test]
 async fn a_post_waits_pending_is_listed_once_approved_and_is_deleted_when_rejected() -> Result<()> {
     let stack = Stack::provision().await?;
-    let _intake = start(&stack, "posts-worker", &[])?;
-    let _approvals = start(&stack, "approvals-worker", &[])?;
-    let _simulator = start(
-        &stack,
-        "approval-simulator",
-        &[
-            ("APPROVAL_POLICY", "reject-words:spam"),
-            ("APPROVAL_DELAY_SECS", "3"),
-        ],
-    )?;
+    let _flow = start_flow(&stack, "reject-words:spam", "3")?;
 
     let id = create(&stack, &post("Hello, world")).await?;
     let pending = eventually(Duration::from_secs(20), "the post stored", || async {
@@ -393,16 +400,7 @@ async fn an_expired_post_is_archived_once_whether_the_sweep_or_a_ttl_record_repo
 #[tokio::test]
 async fn the_public_list_pages_through_approved_posts_newest_first() -> Result<()> {
     let stack = Stack::provision().await?;
-    let _intake = start(&stack, "posts-worker", &[])?;
-    let _approvals = start(&stack, "approvals-worker", &[])?;
-    let _simulator = start(
-        &stack,
-        "approval-simulator",
-        &[
-            ("APPROVAL_POLICY", "approve-all"),
-            ("APPROVAL_DELAY_SECS", "0"),
-        ],
-    )?;
+    let _flow = start_flow(&stack, "approve-all", "0")?;
     let mut ids = HashSet::new();
     for i in 0..7 {
         ids.insert(create(&stack, &post(&format!("Post {i}"))).await?);
