@@ -157,6 +157,24 @@ class Provisioner:
             out[key] = name
         return out
 
+    # -- topics and buckets ---------------------------------------------------------------
+    def topics(self, spec: dict) -> dict[str, str]:
+        sns = self.client("sns")
+        return {key: sns.create_topic(Name=self.name(key))["TopicArn"] for key in spec}
+
+    def buckets(self, spec: dict) -> dict[str, str]:
+        s3 = self.client("s3")
+        out = {}
+        for key in spec:
+            name = self.name(key)
+            try:
+                s3.create_bucket(Bucket=name)
+            except ClientError as err:
+                if err.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+            out[key] = name
+        return out
+
     # -- API ----------------------------------------------------------------------------
     def api_role(self) -> str:
         name = self.name("apigw")
@@ -238,7 +256,18 @@ def gsi(name: str, spec: dict) -> dict:
     return {"IndexName": name, "KeySchema": key_schema(spec), "Projection": {"ProjectionType": "ALL"}}
 
 
-def worker_env(topology: dict, queues: dict, tables: dict) -> dict[str, dict[str, str]]:
+def resolve(ref: str, queues: dict, tables: dict, topics: dict, buckets: dict) -> str:
+    """A topology reference: queue:x (URL), table:x (name), topic:x (ARN), bucket:x (name)."""
+    kind, key = ref.split(":", 1)
+    return {
+        "queue": lambda: queues[key]["url"],
+        "table": lambda: tables[key],
+        "topic": lambda: topics[key],
+        "bucket": lambda: buckets[key],
+    }[kind]()
+
+
+def worker_env(topology: dict, queues: dict, tables: dict, topics: dict, buckets: dict) -> dict[str, dict[str, str]]:
     out = {}
     for worker, w in topology["workers"].items():
         env = {
@@ -256,8 +285,7 @@ def worker_env(topology: dict, queues: dict, tables: dict) -> dict[str, dict[str
             if key in scaling:
                 env[var] = str(scaling[key])
         for var, ref in w.get("env", {}).items():
-            kind, key = ref.split(":", 1)
-            env[var] = queues[key]["url"] if kind == "queue" else tables[key]
+            env[var] = resolve(ref, queues, tables, topics, buckets)
         out[worker] = env
     return out
 
@@ -277,6 +305,8 @@ def main() -> int:
     p = Provisioner(args.endpoint, args.region, args.prefix, args.stage)
     queues = p.queues(topology["queues"])
     tables = p.tables(topology["tables"])
+    topics = p.topics(topology.get("topics", {}))
+    buckets = p.buckets(topology.get("buckets", {}))
     api = p.api(topology["api"], queues, tables)
     result = {
         "endpoint": args.endpoint,
@@ -285,7 +315,9 @@ def main() -> int:
         "api": api,
         "queues": queues,
         "tables": tables,
-        "workers": worker_env(topology, queues, tables),
+        "topics": topics,
+        "buckets": buckets,
+        "workers": worker_env(topology, queues, tables, topics, buckets),
     }
     if args.env_file:
         lines = {

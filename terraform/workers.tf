@@ -20,6 +20,8 @@ locals {
       )
       tables    = [for ref in values(w.env) : module.table[split(":", ref)[1]].arn if startswith(ref, "table:")]
       sends_to  = [for ref in values(w.env) : module.queue[split(":", ref)[1]].arn if startswith(ref, "queue:")]
+      topics    = [for ref in values(w.env) : local.arns[ref] if startswith(ref, "topic:")]
+      buckets   = [for ref in values(w.env) : local.arns[ref] if startswith(ref, "bucket:")]
       cpu       = coalesce(try(var.worker_overrides[name].cpu, null), 256)
       memory    = coalesce(try(var.worker_overrides[name].memory, null), 512)
       min_tasks = coalesce(try(var.worker_overrides[name].min_tasks, null), w.scaling.min_tasks)
@@ -100,6 +102,8 @@ module "worker" {
   }
   dynamodb_table_arns     = each.value.tables
   send_queue_arns         = each.value.sends_to
+  publish_topic_arns      = each.value.topics
+  write_bucket_arns       = each.value.buckets
   kms_key_arn             = aws_kms_key.fleet.arn
   subnet_ids              = var.private_subnet_ids
   security_group_ids      = [aws_security_group.workers[0].id]

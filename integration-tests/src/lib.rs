@@ -74,6 +74,12 @@ pub struct Provisioned {
     pub api: Api,
     pub queues: HashMap<String, Queue>,
     pub tables: HashMap<String, String>,
+    /// SNS topic ARNs by topology name.
+    #[serde(default)]
+    pub topics: HashMap<String, String>,
+    /// S3 bucket names by topology name.
+    #[serde(default)]
+    pub buckets: HashMap<String, String>,
     pub workers: HashMap<String, HashMap<String, String>>,
 }
 

@@ -88,6 +88,22 @@ data "aws_iam_policy_document" "task" {
       resources = var.send_queue_arns
     }
   }
+  dynamic "statement" {
+    for_each = length(var.publish_topic_arns) > 0 ? [1] : []
+    content {
+      sid       = "Notify"
+      actions   = ["sns:Publish"]
+      resources = var.publish_topic_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = length(var.write_bucket_arns) > 0 ? [1] : []
+    content {
+      sid       = "WriteObjects"
+      actions   = ["s3:PutObject"]
+      resources = [for arn in var.write_bucket_arns : "${arn}/*"]
+    }
+  }
   statement {
     sid       = "UseTheKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]

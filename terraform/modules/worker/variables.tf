@@ -54,6 +54,18 @@ variable "send_queue_arns" {
   default     = []
 }
 
+variable "publish_topic_arns" {
+  description = "SNS topics the worker publishes to."
+  type        = list(string)
+  default     = []
+}
+
+variable "write_bucket_arns" {
+  description = "S3 buckets the worker writes objects to (s3:PutObject on their objects)."
+  type        = list(string)
+  default     = []
+}
+
 variable "kms_key_arn" {
   description = "KMS key of the queues and tables."
   type        = string
