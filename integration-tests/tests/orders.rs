@@ -29,18 +29,11 @@ async fn get_order(stack: &Stack, id: &str) -> Result<(StatusCode, String)> {
     Ok((response.status(), response.text().await?))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[tokio::test]
 async fn orders_are_kept_24_hours_with_their_numbers_exact() -> Result<()> {
     let stack = Stack::provision().await?;
     let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
-    let sent_at = now_ms();
+    let sent_at = fleet::util::now_ms();
     let (status, body) = post_orders(
         &stack,
         r#"[{"record_id":"r-1","parameter_1":"buy","parameter_2":2.1},
@@ -154,7 +147,10 @@ async fn a_redelivered_batch_writes_nothing_and_a_conflicting_record_is_dead_let
             .send_message()
             .queue_url(&queue.url)
             .message_body(body)
-            .message_attributes("receivedAt", string_attr(&now_ms().to_string()))
+            .message_attributes(
+                "receivedAt",
+                string_attr(&fleet::util::now_ms().to_string()),
+            )
             .send()
     };
     send(r#"[{"record_id":"d-1","parameter_1":"x","parameter_2":3.0}]"#).await?;

@@ -164,7 +164,7 @@ async fn redeliveries_and_repeated_responses_give_one_request_and_one_decision()
             .message_attributes("postId", string_attr(id))
             .message_attributes(
                 "receivedAt",
-                string_attr(&integration_tests_now().to_string()),
+                string_attr(&fleet::util::now_ms().to_string()),
             )
             .send()
     };
@@ -250,13 +250,6 @@ async fn redeliveries_and_repeated_responses_give_one_request_and_one_decision()
     Ok(())
 }
 
-fn integration_tests_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[tokio::test]
 async fn reads_are_public_creating_needs_a_key_and_bad_bodies_are_refused() -> Result<()> {
     let stack = Stack::provision().await?;
@@ -315,7 +308,7 @@ async fn reads_are_public_creating_needs_a_key_and_bad_bodies_are_refused() -> R
 async fn an_expired_post_is_archived_once_whether_the_sweep_or_a_ttl_record_reports_it(
 ) -> Result<()> {
     let stack = Stack::provision().await?;
-    let past = integration_tests_now() / 1000 - 60;
+    let past = fleet::util::now_ms() / 1000 - 60;
     let s = |v: &str| AttributeValue::S(v.to_owned());
     let n = |v: u64| AttributeValue::N(v.to_string());
     for id in ["old-1", "fresh-1"] {

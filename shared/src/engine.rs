@@ -44,6 +44,7 @@ use crate::message::{Handler, Message};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, Reason};
 use crate::scaler::{Limit, Scaler, ScalerPolicy};
+use crate::util::now_ms;
 
 /// SQS allows at most 10 message attributes per message.
 const SQS_MAX_MESSAGE_ATTRIBUTES: usize = 10;
@@ -1057,12 +1058,6 @@ async fn dlq_url_from_arn(sqs: &aws_sdk_sqs::Client, arn: &str) -> Result<String
 /// The last path segment of a queue URL.
 pub fn queue_name(queue_url: &str) -> String {
     queue_url.rsplit('/').next().unwrap_or(queue_url).to_owned()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

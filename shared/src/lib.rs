@@ -24,6 +24,7 @@ pub mod scaler;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod util;
 pub mod worker;
 
 pub use aws_error::{classify, AwsError, ErrorClass};

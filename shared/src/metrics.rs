@@ -6,11 +6,11 @@
 //! plain properties (`totals`) for scripts and the benchmark. Logs go to stderr, so stdout holds
 //! nothing but these lines.
 
+use crate::util::now_ms;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -266,12 +266,6 @@ fn emf(
         object.insert((*name).to_owned(), (*value).into());
     }
     doc.to_string()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -1,11 +1,8 @@
 //! A book command as the gateway queues it: attributes say what to do to which book, the body
 //! is the client's JSON, byte for byte.
 
-use std::fmt::Write as _;
-
 use fleet::Message;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// Message attribute: `CREATE`, `UPDATE` or `DELETE`.
 pub const ATTR_COMMAND: &str = "command";
@@ -236,7 +233,6 @@ pub fn isbn_is_valid(isbn: &str) -> bool {
 }
 
 fn payload_hash(kind: Kind, book_id: &str, if_match: Option<u64>, book: Option<&Book>) -> String {
-    let mut hasher = Sha256::new();
     let canonical = serde_json::json!({
         "command": kind.as_str(),
         "book_id": book_id,
@@ -245,14 +241,7 @@ fn payload_hash(kind: Kind, book_id: &str, if_match: Option<u64>, book: Option<&
             "isbn": b.isbn, "title": b.title, "author": b.author, "year": b.year, "tags": b.tags,
         })),
     });
-    hasher.update(canonical.to_string().as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+    fleet::util::sha256_hex(canonical.to_string().as_bytes())
 }
 
 #[cfg(test)]

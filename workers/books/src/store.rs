@@ -15,6 +15,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
+use fleet::util::now_ms;
 use fleet::{classify, AwsError, ErrorClass, Metrics};
 
 use crate::command::{Command, Kind, Rejection};
@@ -368,10 +369,4 @@ fn names(short: &[&str]) -> HashMap<String, String> {
             (format!("#{name}"), attribute.to_owned())
         })
         .collect()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

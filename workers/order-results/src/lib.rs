@@ -20,6 +20,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_sdk_sns::types::MessageAttributeValue;
 use clap::Parser;
+use fleet::util::now_ms;
 use fleet::worker::WorkerArgs;
 use fleet::{classify, Handler, Message, Metrics, Outcome};
 use serde::Deserialize;
@@ -251,12 +252,6 @@ impl Handler for OrderResultsHandler {
             other => Outcome::permanent("invalid-result", format!("unknown status {other:?}")),
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -1,11 +1,8 @@
 //! An order batch as the gateway queues it (the client's JSON array, byte for byte), parsed
 //! with its numbers kept exact.
 
-use std::fmt::Write as _;
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
 /// Most significant digits DynamoDB keeps in a number.
 const MAX_DIGITS: usize = 38;
@@ -33,14 +30,8 @@ pub struct Order {
 impl Order {
     /// SHA-256 of what the record says (tells a redelivery from a conflicting reuse of its id).
     pub fn payload_hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.parameter_1.as_bytes());
-        hasher.update([0]);
-        hasher.update(self.parameter_2.as_bytes());
-        hasher.finalize().iter().fold(String::new(), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+        let text = format!("{}\0{}", self.parameter_1, self.parameter_2);
+        fleet::util::sha256_hex(text.as_bytes())
     }
 }
 

@@ -5,7 +5,6 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
 /// Message attribute carrying the payment id from the request path.
 pub const ATTR_PAYMENT_ID: &str = "paymentId";
@@ -138,8 +137,7 @@ impl Payment {
             "currency": self.currency,
             "reference": self.reference,
         });
-        let digest = Sha256::digest(canonical.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        fleet::util::sha256_hex(canonical.to_string().as_bytes())
     }
 }
 

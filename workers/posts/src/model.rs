@@ -71,13 +71,6 @@ pub fn number(item: &Item, name: &str) -> Option<u64> {
     item.get(name)?.as_n().ok()?.parse().ok()
 }
 
-/// Now, ms since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The code of each reason a DynamoDB transaction was cancelled (`None` for items that were
 /// fine), when that was the error.
 pub fn cancellation_codes<E>(
