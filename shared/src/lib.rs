@@ -14,6 +14,8 @@ pub mod aws;
 pub mod aws_error;
 pub mod backoff;
 pub mod config;
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod engine;
 pub mod message;
 pub mod metrics;

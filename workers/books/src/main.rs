@@ -3,7 +3,6 @@
 use books_worker::store::DynamoStore;
 use books_worker::{BooksHandler, Config};
 use clap::Parser;
-use fleet::aws;
 
 /// mimalloc: the SDK allocates many small, short-lived buffers per call.
 #[global_allocator]
@@ -16,11 +15,7 @@ fn main() -> anyhow::Result<()> {
         env!("CARGO_PKG_NAME"),
         config.worker,
         |sdk, metrics| async move {
-            let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(&sdk)
-                    .interceptor(aws::KeepAliveOnPlainHttp)
-                    .build(),
-            );
+            let dynamodb = fleet::dynamodb::client(&sdk);
             BooksHandler::new(
                 DynamoStore::new(dynamodb, books, commands, &metrics),
                 &metrics,

@@ -11,10 +11,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
+use fleet::dynamodb::cancellation_codes;
 use fleet::util::now_ms;
 use fleet::{classify, AwsError, ErrorClass, Metrics};
 
@@ -289,16 +289,10 @@ impl BookStore for DynamoStore {
             Ok(_) => return Ok(Apply::Applied),
             Err(err) => err,
         };
-        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
-            err.as_service_error()
-        else {
+        let Some(codes) = cancellation_codes(&err) else {
             return Err(classify(&err));
         };
-        let codes: Vec<&str> = cancelled
-            .cancellation_reasons()
-            .iter()
-            .map(|r| r.code().unwrap_or("None"))
-            .collect();
+        let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
         match codes.as_slice() {
             ["ConditionalCheckFailed", ..] => Ok(Apply::Duplicate {
                 payload_hash: self.recorded_hash(command).await?,

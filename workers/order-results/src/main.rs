@@ -31,11 +31,7 @@ fn main() -> anyhow::Result<()> {
                     .interceptor(keep_alive)
                     .build(),
             );
-            let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(&sdk)
-                    .interceptor(keep_alive)
-                    .build(),
-            );
+            let dynamodb = fleet::dynamodb::client(&sdk);
             OrderResultsHandler::new(s3, sns, dynamodb, targets, &metrics)
         },
     )?;

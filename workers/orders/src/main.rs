@@ -13,11 +13,7 @@ fn main() -> anyhow::Result<()> {
         env!("CARGO_PKG_NAME"),
         config.worker,
         |sdk, metrics| async move {
-            let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(&sdk)
-                    .interceptor(fleet::aws::KeepAliveOnPlainHttp)
-                    .build(),
-            );
+            let dynamodb = fleet::dynamodb::client(&sdk);
             OrdersHandler::new(dynamodb, table, &metrics)
         },
     )?;

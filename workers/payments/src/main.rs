@@ -1,7 +1,6 @@
 //! `payments-worker`: parse configuration, build the store, run the engine.
 
 use clap::Parser;
-use fleet::aws;
 use payments_worker::store::DynamoStore;
 use payments_worker::{Config, PaymentsHandler};
 
@@ -17,11 +16,7 @@ fn main() -> anyhow::Result<()> {
         env!("CARGO_PKG_NAME"),
         config.worker,
         |sdk, metrics| async move {
-            let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(&sdk)
-                    .interceptor(aws::KeepAliveOnPlainHttp)
-                    .build(),
-            );
+            let dynamodb = fleet::dynamodb::client(&sdk);
             PaymentsHandler::new(DynamoStore::new(dynamodb, table, &metrics))
         },
     )?;

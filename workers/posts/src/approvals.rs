@@ -8,13 +8,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
+use fleet::dynamodb::{cancellation_codes, failed_condition};
 use fleet::util::now_ms;
 use fleet::{classify, Handler, Message, Metrics, Outcome};
 use tracing::{info, warn};
 
-use crate::model::{
-    cancellation_codes, failed_condition, n, s, ApprovalResponse, Item, APPROVED, PENDING, REJECTED,
-};
+use crate::model::{n, s, ApprovalResponse, Item, APPROVED, PENDING, REJECTED};
 
 /// The `approvals-worker` handler.
 #[derive(Debug)]

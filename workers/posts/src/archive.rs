@@ -15,12 +15,13 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use fleet::dynamodb::{cancellation_codes, failed_condition};
 use fleet::util::now_ms;
 use fleet::{classify, AwsError, Handler, Message, Metrics, Outcome};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::model::{cancellation_codes, failed_condition, n, number, s, Item};
+use crate::model::{n, number, s, Item};
 
 /// The principal of deletions made by DynamoDB's TTL in stream records.
 const TTL_PRINCIPAL: &str = "dynamodb.amazonaws.com";

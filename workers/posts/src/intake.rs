@@ -11,13 +11,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
+use fleet::dynamodb::{cancellation_codes, failed_condition};
 use fleet::util::now_ms;
 use fleet::{classify, Handler, Message, Metrics, Outcome};
 use tracing::info;
 
 use crate::model::{
-    cancellation_codes, failed_condition, n, number, s, ApprovalRequest, Item, PostRequest,
-    ATTR_POST_ID, ATTR_RECEIVED_AT, PENDING, POST_LIFETIME_SECS,
+    n, number, s, ApprovalRequest, Item, PostRequest, ATTR_POST_ID, ATTR_RECEIVED_AT, PENDING,
+    POST_LIFETIME_SECS,
 };
 
 /// Where the intake writes and sends.

@@ -21,12 +21,3 @@ pub mod archive;
 pub mod intake;
 pub mod model;
 pub mod simulator;
-
-/// The DynamoDB client every binary builds, with keep-alive on plain HTTP (LocalStack).
-pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(sdk)
-            .interceptor(fleet::aws::KeepAliveOnPlainHttp)
-            .build(),
-    )
-}

@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let (posts_table, decisions_table) = (c.posts_table, c.decisions_table);
     fleet::worker::run("approvals-worker", c.worker, |sdk, metrics| async move {
         ApprovalsHandler::new(
-            posts::dynamodb_client(&sdk),
+            fleet::dynamodb::client(&sdk),
             posts_table,
             decisions_table,
             &metrics,

@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         c.sweep_interval_secs,
     );
     fleet::worker::run("archive-worker", c.worker, |sdk, metrics| async move {
-        let dynamodb = posts::dynamodb_client(&sdk);
+        let dynamodb = fleet::dynamodb::client(&sdk);
         if every > 0 {
             let (dynamodb, sqs, table) = (
                 dynamodb.clone(),

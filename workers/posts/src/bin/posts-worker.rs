@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         (c.posts_table, c.decisions_table, c.requests_queue_url);
     fleet::worker::run("posts-worker", c.worker, |sdk, metrics| async move {
         let to = Intake {
-            dynamodb: posts::dynamodb_client(&sdk),
+            dynamodb: fleet::dynamodb::client(&sdk),
             sqs: fleet::aws::sqs_client(&sdk),
             posts_table,
             decisions_table,

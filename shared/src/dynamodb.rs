@@ -1,0 +1,38 @@
+//! DynamoDB helpers for the workers that use it (feature `dynamodb`).
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+
+use crate::aws::KeepAliveOnPlainHttp;
+
+/// A DynamoDB client from the shared configuration, with keep-alive on plain HTTP (LocalStack).
+pub fn client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(sdk)
+            .interceptor(KeepAliveOnPlainHttp)
+            .build(),
+    )
+}
+
+/// The code of each reason a `TransactWriteItems` was cancelled, in the order of its items
+/// (`"None"` for items that were fine), when cancellation was the error.
+pub fn cancellation_codes<R>(err: &SdkError<TransactWriteItemsError, R>) -> Option<Vec<String>> {
+    match err.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(cancelled) => Some(
+            cancelled
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or("None").to_owned())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Whether the transaction's item `index` failed its condition.
+pub fn failed_condition(codes: &[String], index: usize) -> bool {
+    codes
+        .get(index)
+        .is_some_and(|c| c == "ConditionalCheckFailed")
+}
