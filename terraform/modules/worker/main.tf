@@ -49,6 +49,25 @@ resource "aws_iam_role" "task" {
   tags               = var.tags
 }
 
+locals {
+  grants = {
+    WriteTables = {
+      actions = [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",
+        "dynamodb:Scan",
+      ]
+      resources = var.dynamodb_table_arns
+    }
+    SendDownstream = { actions = ["sqs:SendMessage"], resources = var.send_queue_arns }
+    Notify         = { actions = ["sns:Publish"], resources = var.publish_topic_arns }
+    WriteObjects   = { actions = ["s3:PutObject"], resources = [for arn in var.write_bucket_arns : "${arn}/*"] }
+  }
+}
+
 data "aws_iam_policy_document" "task" {
   statement {
     sid = "ConsumeQueue"
@@ -65,43 +84,13 @@ data "aws_iam_policy_document" "task" {
     actions   = ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
     resources = [var.queue.dlq_arn]
   }
+  # What the worker reaches beyond its queue, granted only when it has any.
   dynamic "statement" {
-    for_each = length(var.dynamodb_table_arns) > 0 ? [1] : []
+    for_each = { for sid, grant in local.grants : sid => grant if length(grant.resources) > 0 }
     content {
-      sid = "WriteTables"
-      actions = [
-        "dynamodb:GetItem",
-        "dynamodb:PutItem",
-        "dynamodb:UpdateItem",
-        "dynamodb:DeleteItem",
-        "dynamodb:ConditionCheckItem",
-        "dynamodb:Scan",
-      ]
-      resources = var.dynamodb_table_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = length(var.send_queue_arns) > 0 ? [1] : []
-    content {
-      sid       = "SendDownstream"
-      actions   = ["sqs:SendMessage"]
-      resources = var.send_queue_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = length(var.publish_topic_arns) > 0 ? [1] : []
-    content {
-      sid       = "Notify"
-      actions   = ["sns:Publish"]
-      resources = var.publish_topic_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = length(var.write_bucket_arns) > 0 ? [1] : []
-    content {
-      sid       = "WriteObjects"
-      actions   = ["s3:PutObject"]
-      resources = [for arn in var.write_bucket_arns : "${arn}/*"]
+      sid       = statement.key
+      actions   = statement.value.actions
+      resources = statement.value.resources
     }
   }
   statement {
