@@ -257,14 +257,16 @@ def gsi(name: str, spec: dict) -> dict:
 
 
 def resolve(ref: str, queues: dict, tables: dict, topics: dict, buckets: dict) -> str:
-    """A topology reference: queue:x (URL), table:x (name), topic:x (ARN), bucket:x (name)."""
-    kind, key = ref.split(":", 1)
-    return {
+    """A topology reference: queue:x (URL), table:x (name), topic:x (ARN), bucket:x (name);
+    any other value is a literal."""
+    kind, _, key = ref.partition(":")
+    lookup = {
         "queue": lambda: queues[key]["url"],
         "table": lambda: tables[key],
         "topic": lambda: topics[key],
         "bucket": lambda: buckets[key],
-    }[kind]()
+    }.get(kind)
+    return lookup() if lookup else ref
 
 
 def worker_env(topology: dict, queues: dict, tables: dict, topics: dict, buckets: dict) -> dict[str, dict[str, str]]:

@@ -52,12 +52,13 @@ variable "private_subnet_ids" {
 }
 
 variable "worker_overrides" {
-  description = "Per worker (by topology name): task size and task bounds replacing the topology's (cpu units, memory MiB, min/max tasks; min 0 scales to zero)."
+  description = "Per worker (by topology name): task size and task bounds replacing the topology's (cpu units, memory MiB, min/max tasks; min 0 scales to zero), and environment variables added to or replacing the topology's (e.g. results-worker: RESULTS_SOURCE = \"http\", RESULTS_SOURCE_URL = \"https://...\")."
   type = map(object({
-    cpu       = optional(number)
-    memory    = optional(number)
-    min_tasks = optional(number)
-    max_tasks = optional(number)
+    cpu         = optional(number)
+    memory      = optional(number)
+    min_tasks   = optional(number)
+    max_tasks   = optional(number)
+    environment = optional(map(string))
   }))
   default = {}
 }
@@ -132,4 +133,10 @@ variable "github_repository" {
   description = "owner/name of the GitHub repository whose workflows deploy this environment through OIDC; null creates no deploy role."
   type        = string
   default     = null
+}
+
+variable "schedules_enabled" {
+  description = "Whether the topology's schedules (e.g. an auction cycle every 5 minutes) run: EventBridge Scheduler schedules in ENABLED state, else DISABLED."
+  type        = bool
+  default     = true
 }

@@ -7,16 +7,22 @@ locals {
       queue   = w.queue
       scaling = w.scaling
       grace   = w.shutdown_grace_secs
-      # The topology's env, with "table:x" (name) / "queue:x" (URL) resolved, plus its
-      # in-process scaling.
+      # The topology's env, with "queue:x" (URL) / "table:x" (name) / "topic:x" (ARN) /
+      # "bucket:x" (name) resolved and other values literal, plus its in-process scaling and
+      # the deployment's own overrides (var.worker_overrides[...].environment).
       environment = merge(
-        { for k, ref in w.env : k => startswith(ref, "queue:") ? module.queue[split(":", ref)[1]].url : local.names[ref] },
+        {
+          for k, ref in w.env : k => (
+            startswith(ref, "queue:") ? module.queue[split(":", ref)[1]].url : lookup(local.names, ref, ref)
+          )
+        },
         {
           FLEET_MIN_CONCURRENCY          = tostring(w.scaling.min_concurrency)
           FLEET_MAX_IN_FLIGHT            = tostring(w.scaling.max_concurrency)
           FLEET_TARGET_BACKLOG_PER_UNIT  = tostring(w.scaling.target_backlog_per_unit)
           FLEET_SCALE_DOWN_COOLDOWN_SECS = tostring(w.scaling.scale_down_cooldown_secs)
         },
+        coalesce(try(var.worker_overrides[name].environment, null), {}),
       )
       tables    = [for ref in values(w.env) : module.table[split(":", ref)[1]].arn if startswith(ref, "table:")]
       sends_to  = [for ref in values(w.env) : module.queue[split(":", ref)[1]].arn if startswith(ref, "queue:")]

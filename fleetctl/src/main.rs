@@ -1,12 +1,15 @@
 //! `fleetctl`: operate the queue-fleet.
 //!
 //! `status` shows every queue of the topology with its DLQ (exit code 2 when any DLQ holds
-//! messages, for cron and alerts); `dlq peek|redrive|export|purge` work on one queue's DLQ.
+//! messages, for cron and alerts); `dlq peek|redrive|export|purge` work on one queue's DLQ;
+//! `schedule` sends the topology's scheduled messages on a local timer (what EventBridge
+//! Scheduler does in AWS).
 //! Configured like the workers: the standard AWS environment, plus the name prefix of the
 //! deployment (`FLEET_PREFIX`, `fleet-` for the local stack).
 
 mod dlq;
 mod fleet;
+mod schedule;
 mod status;
 
 use std::num::NonZeroU32;
@@ -26,7 +29,7 @@ const EXIT_DLQ_NOT_EMPTY: u8 = 2;
 #[command(
     name = "fleetctl",
     version,
-    about = "Operate the queue-fleet: queue status and dead-letter queues"
+    about = "Operate the queue-fleet: queue status, dead-letter queues, local schedules"
 )]
 struct Cli {
     /// Prefix of every resource name of the deployment (`fleet-` for the local stack).
@@ -57,6 +60,22 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Run the topology's schedules on a local timer, as EventBridge Scheduler does in AWS
+    /// (e.g. an auction cycle every 5 minutes). Prints each message sent; runs until Ctrl-C.
+    Schedule {
+        /// Only these schedules (default: all of the topology's).
+        names: Vec<String>,
+        /// Every schedule's period in seconds instead of its own (for demos and tests).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        every: Option<u64>,
+        /// Exit after this many messages of each schedule.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Send the first message at once, for the period that has begun, instead of waiting
+        /// for the next one.
+        #[arg(long)]
+        now: bool,
     },
 }
 
@@ -164,6 +183,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 None => return Ok(ExitCode::SUCCESS),
             }
         },
+        Command::Schedule {
+            names,
+            every,
+            count,
+            now,
+        } => {
+            let opts = schedule::Options {
+                names,
+                every,
+                count,
+                now,
+            };
+            schedule::run(&fleet, &opts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dlq { command } => {
             match command {
                 DlqCommand::Peek { queue, n, json } => dlq::peek(&fleet, &queue, n, json).await?,

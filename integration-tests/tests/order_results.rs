@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aws_sdk_sqs::types::QueueAttributeName;
 use integration_tests::{eventually, sdk_config, Stack, Worker};
 use serde_json::{json, Value};
 
@@ -19,39 +18,8 @@ async fn accepted_results_go_to_s3_and_each_rejection_is_notified_once() -> Resu
             .force_path_style(true)
             .build(),
     );
-    let sns = aws_sdk_sns::Client::new(&sdk);
     // A chat channel's stand-in: an SQS queue subscribed to the notifications topic.
-    let topic = stack
-        .info
-        .topics
-        .get("notifications")
-        .context("topic")?
-        .clone();
-    let inbox = stack
-        .sqs
-        .create_queue()
-        .queue_name(format!("{}inbox", stack.info.prefix))
-        .send()
-        .await?
-        .queue_url
-        .context("inbox url")?;
-    let inbox_arn = stack
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&inbox)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .context("inbox arn")?;
-    sns.subscribe()
-        .topic_arn(&topic)
-        .protocol("sqs")
-        .endpoint(&inbox_arn)
-        .attributes("RawMessageDelivery", "true")
-        .send()
-        .await?;
+    let inbox = stack.subscribe_inbox("notifications").await?;
 
     let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
     let queue = stack.queue("order-results").clone();

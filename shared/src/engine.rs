@@ -821,12 +821,7 @@ async fn delete_batch(
     mut pending: Vec<String>,
     metrics: &Metrics,
 ) {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .with_max_times(5)
-        .build();
+    let mut delays = crate::queue::entry_retry_backoff();
     loop {
         Metrics::incr(&metrics.sqs_calls);
         let entries: Vec<_> = pending

@@ -25,6 +25,38 @@ pub const FIFO_SUFFIX: &str = ".fifo";
 pub struct Topology {
     /// Queues by name (without prefix).
     pub queues: BTreeMap<String, QueueSpec>,
+    /// Messages sent on a timer (EventBridge Scheduler in AWS, `fleetctl schedule` locally).
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleSpec>,
+}
+
+/// A message sent to a queue at a fixed rate.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScheduleSpec {
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// The period, seconds (a whole number of minutes: EventBridge's `rate()` counts minutes).
+    pub every_secs: u64,
+    /// The queue (topology name) it sends to.
+    pub queue: String,
+    /// The message body, with EventBridge Scheduler's context placeholders.
+    pub body: serde_json::Value,
+}
+
+/// EventBridge Scheduler's placeholder for the time a run was scheduled for.
+pub const SCHEDULED_TIME: &str = "<aws.scheduler.scheduled-time>";
+
+impl ScheduleSpec {
+    /// The body EventBridge Scheduler sends for a run scheduled at `scheduled_time` (RFC 3339,
+    /// UTC, whole seconds): every [`SCHEDULED_TIME`] replaced by it, and
+    /// `<aws.scheduler.attempt-number>` by 1.
+    pub fn body_at(&self, scheduled_time: &str) -> String {
+        self.body
+            .to_string()
+            .replace(SCHEDULED_TIME, scheduled_time)
+            .replace("<aws.scheduler.attempt-number>", "1")
+    }
 }
 
 /// One queue and its dead-letter queue.
@@ -117,6 +149,23 @@ mod tests {
         assert_eq!(
             books.name("fleet-", "books-commands", true),
             "fleet-books-commands-dlq.fifo"
+        );
+    }
+
+    #[test]
+    fn schedules_name_known_queues_and_fill_in_the_scheduled_time() {
+        let t = Topology::builtin();
+        for (name, s) in &t.schedules {
+            assert!(t.queues.contains_key(&s.queue), "schedule {name}");
+            assert!(
+                s.every_secs >= 60 && s.every_secs % 60 == 0,
+                "schedule {name}: whole minutes"
+            );
+        }
+        let cycles = &t.schedules["auction-cycles"];
+        assert_eq!(
+            cycles.body_at("2026-11-23T00:40:00Z"),
+            r#"{"cycle":"2026-11-23T00:40:00Z"}"#
         );
     }
 }

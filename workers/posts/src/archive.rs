@@ -306,25 +306,17 @@ pub async fn sweep(
             break;
         }
     }
-    for chunk in due.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(serde_json::json!({ "post_id": id }).to_string())
-                    .build()
-                    .expect("id and body are set")
-            })
-            .collect();
-        sqs.send_message_batch()
-            .queue_url(archive_queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-    }
+    let entries = due
+        .iter()
+        .map(|id| {
+            SendMessageBatchRequestEntry::builder()
+                .id(id)
+                .message_body(serde_json::json!({ "post_id": id }).to_string())
+                .build()
+                .expect("id and body are set")
+        })
+        .collect();
+    fleet::queue::send_all(sqs, archive_queue_url, entries).await?;
     Ok(due.len())
 }
 

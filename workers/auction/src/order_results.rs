@@ -1,0 +1,211 @@
+//! `order-results-worker`: the step of the auction pipeline whose errors are notified.
+//!
+//! Each message is one order's result in an auction cycle, `{"cycle", "record_id",
+//! "status": "accepted" | "rejected", "reason"?, ...}`:
+//! - accepted → written to S3 as `results/{cycle}/{record_id}.json` (server-side encryption
+//!   requested); writing it again on a redelivery writes the same object;
+//! - rejected → an error, notified on the SNS topic (chat-ready: `text` plus `cycle`,
+//!   `record_id`, `reason`; message attributes `event`, `cycle` for subscription filters) and the
+//!   message is finished, not retried. Exactly one notification per rejected order
+//!   ([`Notifier`]).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
+use clap::Parser;
+use fleet::worker::WorkerArgs;
+use fleet::{classify, Handler, Message, Metrics, Outcome};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tracing::info;
+
+use crate::notify::{safe_id, Notification, Notifier};
+
+/// Command line and environment of the `order-results-worker` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "order-results-worker",
+    version,
+    about = "Stores accepted order results in S3, notifies rejected ones on SNS"
+)]
+pub struct Config {
+    /// The bucket for accepted results.
+    #[arg(long, env = "RESULTS_BUCKET", value_name = "BUCKET")]
+    pub bucket: String,
+    /// KMS key for the result objects (SSE-KMS); without one, SSE-S3 (AES256).
+    #[arg(long, env = "RESULTS_KMS_KEY_ID", value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+    /// Where notifications go.
+    #[command(flatten)]
+    pub notifications: crate::NotificationArgs,
+    /// What every worker has: the engine, logs, threads.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// One order's result in a cycle: what `results-worker` fans out, one per message.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct OrderResult {
+    /// The auction cycle (e.g. `2026-11-22T23:10:00Z`).
+    pub cycle: String,
+    /// The order.
+    pub record_id: String,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    /// Why it was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Everything else the result says, kept in the S3 object.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+impl OrderResult {
+    /// `results/{cycle}/{record_id}.json`.
+    pub fn object_key(&self) -> String {
+        format!("results/{}/{}.json", self.cycle, self.record_id)
+    }
+
+    /// The notification of a rejection: chat-ready text and fields, deduplicated by
+    /// `{cycle}/{record_id}`.
+    pub fn notification(&self) -> Notification<'static> {
+        let reason = self.reason.as_deref().unwrap_or("no reason given");
+        Notification {
+            id: format!("{}/{}", self.cycle, self.record_id),
+            subject: "Order rejected",
+            body: json!({
+                "text": format!(":warning: order {} was rejected in auction cycle {}: {}", self.record_id, self.cycle, reason),
+                "event": "order-rejected",
+                "cycle": self.cycle,
+                "record_id": self.record_id,
+                "reason": reason,
+            }),
+            attributes: vec![
+                ("event", "order-rejected".to_owned()),
+                ("cycle", self.cycle.clone()),
+            ],
+        }
+    }
+
+    /// Ids safe for S3 keys and dedupe ids, and a known status.
+    pub fn validate(&self) -> Result<(), String> {
+        if !safe_id(&self.cycle) || !safe_id(&self.record_id) {
+            return Err(
+                "cycle and record_id must be 1-128 characters of A-Z a-z 0-9 - _ . :".into(),
+            );
+        }
+        match self.status.as_str() {
+            "accepted" | "rejected" => Ok(()),
+            other => Err(format!(
+                "record {}: unknown status {other:?} (accepted or rejected)",
+                self.record_id
+            )),
+        }
+    }
+}
+
+/// The handler.
+#[derive(Debug)]
+pub struct OrderResultsHandler {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    kms_key_id: Option<String>,
+    notifier: Notifier,
+    stored: Arc<AtomicU64>,
+}
+
+impl OrderResultsHandler {
+    /// A handler writing to `bucket` (SSE-KMS with `kms_key_id`, else SSE-S3), counting
+    /// `results_stored`.
+    pub fn new(
+        s3: aws_sdk_s3::Client,
+        bucket: String,
+        kms_key_id: Option<String>,
+        notifier: Notifier,
+        metrics: &Metrics,
+    ) -> Self {
+        Self {
+            s3,
+            bucket,
+            kms_key_id,
+            notifier,
+            stored: metrics.counter("results_stored"),
+        }
+    }
+
+    async fn store(&self, result: &OrderResult, body: &str) -> Outcome {
+        let mut put = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(result.object_key())
+            .content_type("application/json")
+            .body(ByteStream::from(body.as_bytes().to_vec()));
+        put = match &self.kms_key_id {
+            Some(key) => put
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(key),
+            None => put.server_side_encryption(ServerSideEncryption::Aes256),
+        };
+        match put.send().await {
+            Ok(_) => {
+                Metrics::incr(&self.stored);
+                Outcome::Done
+            }
+            Err(err) => classify(&err).into_outcome(),
+        }
+    }
+}
+
+impl Handler for OrderResultsHandler {
+    async fn handle(&self, message: &Message) -> Outcome {
+        let result: OrderResult = match serde_json::from_str(&message.body) {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::permanent("invalid-result", format!("not an order result: {e}"))
+            }
+        };
+        if let Err(why) = result.validate() {
+            return Outcome::permanent("invalid-result", why);
+        }
+        if result.status == "accepted" {
+            return self.store(&result, &message.body).await;
+        }
+        let outcome = self.notifier.notify_once(&result.notification()).await;
+        if outcome == Outcome::Done {
+            info!(cycle = %result.cycle, record_id = %result.record_id, "rejection notified");
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(text: &str) -> OrderResult {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn keys_notifications_and_validation() {
+        let r = result(
+            r#"{"cycle":"c-1","record_id":"r-1","status":"rejected","reason":"price too low","price":2.1}"#,
+        );
+        assert_eq!(r.object_key(), "results/c-1/r-1.json");
+        let n = r.notification();
+        assert_eq!(n.id, "c-1/r-1");
+        assert_eq!(n.body["record_id"], "r-1");
+        assert!(n.body["text"].as_str().unwrap().contains("price too low"));
+        assert_eq!(r.rest["price"], json!(2.1));
+        assert!(r.validate().is_ok());
+        for bad in [
+            r#"{"cycle":"../x","record_id":"r","status":"accepted"}"#,
+            r#"{"cycle":"c","record_id":"r","status":"maybe"}"#,
+        ] {
+            assert!(result(bad).validate().is_err(), "{bad}");
+        }
+    }
+}
