@@ -11,10 +11,15 @@ RUN test -n "$WORKER" || (echo "build with --build-arg WORKER=<worker binary>, e
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin "$WORKER" \
-    && cp "target/release/$WORKER" /worker
+    && cp "target/release/$WORKER" /worker \
+    && mkdir -p /health
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /worker /usr/local/bin/worker
+# The health file's folder, owned by the worker's user: ECS copies a VOLUME's ownership to the
+# task volume mounted there (the root file system stays read-only). See FLEET_HEALTH_FILE.
+COPY --from=build --chown=65532:65532 /health /run/fleet
+VOLUME ["/run/fleet"]
 USER nonroot:nonroot
 # Logs on stderr (JSON in ECS via FLEET_LOG_FORMAT), EMF metric lines on stdout.
 ENV FLEET_LOG_FORMAT=json

@@ -1,10 +1,12 @@
-//! The payments worker under faults: a DynamoDB outage, SIGTERM mid-batch, `kill -9` mid-run.
-//! The worker is the real binary; faults are real (refused connections, signals).
+//! The payments worker under faults: a DynamoDB outage, SIGTERM mid-batch, `kill -9` mid-run;
+//! and its container health check. The worker is the real binary; faults are real (refused
+//! connections, signals).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use integration_tests::{payments, Proxy, Stack, Worker};
+use integration_tests::{binary, eventually, payments, Proxy, Stack, Worker};
 
 const WORKER: &str = "payments-worker";
 
@@ -136,5 +138,50 @@ async fn kill_9_mid_run_loses_nothing_after_a_restart() -> Result<()> {
     assert_eq!(restarted.total("dead_lettered"), 0);
     assert_eq!(stack.depth(&queue.dlq_url).await?, 0, "nothing in the DLQ");
     assert_eq!(stack.count_rows(stack.table("payments")).await?, N);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_health_check_passes_while_the_worker_makes_progress_and_fails_after() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let dir = std::env::temp_dir().join(format!("fleet-health-{:08x}", fastrand::u32(..)));
+    std::fs::create_dir_all(&dir)?;
+    let mut env = stack.worker_env(WORKER);
+    env.insert(
+        "FLEET_HEALTH_FILE".into(),
+        dir.join("health").display().to_string(),
+    );
+    env.insert("FLEET_HEALTH_MAX_AGE_SECS".into(), "4".into());
+    env.insert("FLEET_WAIT_TIME_SECS".into(), "1".into());
+    // What the container's health check runs: the worker binary with --health-check.
+    let healthy = |env: &HashMap<String, String>| {
+        std::process::Command::new(binary(WORKER))
+            .arg("--health-check")
+            .env_clear()
+            .envs(env)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+    };
+    assert!(!healthy(&env)?, "unhealthy before the worker ever ran");
+    let worker = Worker::spawn(WORKER, &env)?;
+    eventually(Duration::from_secs(30), "a healthy worker", || async {
+        Ok(healthy(&env)?.then_some(()))
+    })
+    .await?;
+    stack
+        .send_payments(&stack.queue("payments").url, &payments("health", 3))
+        .await?;
+    worker
+        .wait_for_total("succeeded", 3, Duration::from_secs(30))
+        .await?;
+    assert!(healthy(&env)?, "still healthy while working");
+    worker.terminate(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !healthy(&env)?,
+        "no progress for longer than the maximum age"
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -99,6 +99,17 @@ pub struct EngineConfig {
     /// only the final one at exit.
     #[arg(long, env = "FLEET_METRICS_INTERVAL_SECS", default_value_t = 60)]
     pub metrics_interval_secs: u64,
+
+    /// A file the engine writes the time of its last progress to every 5 s, for container
+    /// health checks (`--health-check`); none when unset.
+    #[arg(long, env = "FLEET_HEALTH_FILE", value_name = "PATH")]
+    pub health_file: Option<std::path::PathBuf>,
+
+    /// `--health-check` fails when the last progress (a receive answered, a message finished)
+    /// is older than this, seconds.
+    #[arg(long, env = "FLEET_HEALTH_MAX_AGE_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_max_age_secs: u64,
 }
 
 impl EngineConfig {
@@ -121,6 +132,8 @@ impl EngineConfig {
             delete_linger_ms: 50,
             worker_name: None,
             metrics_interval_secs: 60,
+            health_file: None,
+            health_max_age_secs: 120,
         }
     }
 

@@ -149,6 +149,8 @@ struct Shared<H> {
     /// FIFO: the groups being handled in this process, each with the messages waiting their
     /// turn (each holding its permit).
     groups: Mutex<HashMap<String, VecDeque<(Message, OwnedSemaphorePermit)>>>,
+    /// When the engine last made progress (for container health checks).
+    progress: Arc<crate::health::Progress>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -224,7 +226,11 @@ impl<H: Handler> Engine<H> {
             abort: CancellationToken::new(),
             limit: Limit::new(policy.min),
             groups: Mutex::default(),
+            progress: Arc::default(),
             settings,
+        });
+        let health = self.config.health_file.clone().map(|path| {
+            crate::health::spawn_writer(path, shared.progress.clone(), shutdown.clone())
         });
         let scaler = spawn_scaler(&shared, policy, &self.config, shutdown.clone());
         let reporter = spawn_reporter(
@@ -268,6 +274,9 @@ impl<H: Handler> Engine<H> {
         if let Some(reporter) = reporter {
             reporter.abort();
         }
+        if let Some(health) = health {
+            health.abort();
+        }
         self.metrics
             .emit(&worker, &queue_name(&self.config.queue_url));
         info!("engine stopped");
@@ -300,6 +309,7 @@ impl<H: Handler> Engine<H> {
             };
             match received {
                 Ok(messages) => {
+                    shared.progress.mark();
                     errors = receive_backoff();
                     if shared.settings.fifo {
                         for (group, messages) in in_groups(messages) {
@@ -505,6 +515,7 @@ async fn process<H: Handler>(
         shared.metrics.latency.record(elapsed);
         shared.limit.release(permit);
         shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        shared.progress.mark();
         let Some(outcome) = outcome else {
             return Flow::Hold(0);
         };

@@ -17,6 +17,7 @@ pub mod config;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod engine;
+pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod outcome;

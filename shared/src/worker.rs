@@ -50,6 +50,10 @@ pub struct WorkerArgs {
     /// Threads.
     #[command(flatten)]
     pub runtime: RuntimeConfig,
+    /// Do not run: exit 0 when the worker running beside (same FLEET_HEALTH_FILE) made progress
+    /// within FLEET_HEALTH_MAX_AGE_SECS, 1 otherwise. The container's health check command.
+    #[arg(long)]
+    pub health_check: bool,
 }
 
 /// Why a worker could not run.
@@ -80,7 +84,22 @@ where
         mut engine,
         telemetry,
         runtime,
+        health_check,
     } = args;
+    if health_check {
+        let Some(path) = &engine.health_file else {
+            eprintln!("--health-check needs FLEET_HEALTH_FILE");
+            std::process::exit(1);
+        };
+        let max_age = std::time::Duration::from_secs(engine.health_max_age_secs);
+        match crate::health::check(path, max_age) {
+            Ok(()) => std::process::exit(0),
+            Err(why) => {
+                eprintln!("unhealthy: {why}");
+                std::process::exit(1);
+            }
+        }
+    }
     telemetry::init(&telemetry);
     engine.worker_name.get_or_insert_with(|| name.to_owned());
     runtime.build()?.block_on(async move {

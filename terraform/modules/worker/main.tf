@@ -5,6 +5,8 @@ locals {
   environment = merge(var.environment, {
     FLEET_QUEUE_URL           = var.queue.url
     FLEET_DLQ_URL             = var.queue.dlq_url
+    FLEET_HEALTH_FILE         = "/run/fleet/health"
+    FLEET_HEALTH_MAX_AGE_SECS = tostring(var.health_max_age_seconds)
     FLEET_SHUTDOWN_GRACE_SECS = tostring(var.shutdown_grace_seconds)
     FLEET_LOG_FORMAT          = "json"
     FLEET_WORKER_NAME         = var.name
@@ -127,6 +129,17 @@ resource "aws_ecs_task_definition" "this" {
     # SIGTERM, then the worker's grace period, then a margin before SIGKILL.
     stopTimeout = min(var.shutdown_grace_seconds + 10, 120)
     environment = [for k, v in local.environment : { name = k, value = v }]
+    # The engine writes the time of its last progress to FLEET_HEALTH_FILE (on a writable
+    # task volume: the root file system is read-only); the worker binary itself checks it
+    # (distroless: no shell, no curl). Unhealthy tasks are replaced by the service.
+    mountPoints = [{ sourceVolume = "health", containerPath = "/run/fleet", readOnly = false }]
+    healthCheck = {
+      command     = ["CMD", "/usr/local/bin/worker", "--health-check"]
+      interval    = 30
+      timeout     = 5
+      retries     = 3
+      startPeriod = 60
+    }
     logConfiguration = {
       logDriver = "awslogs"
       options = {
@@ -136,6 +149,9 @@ resource "aws_ecs_task_definition" "this" {
       }
     }
   }])
+  volume {
+    name = "health"
+  }
   tags = var.tags
 }
 

@@ -116,3 +116,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "health_max_age_seconds" {
+  description = "The container health check fails when the worker made no progress (a receive answered, a message finished) for this many seconds; keep it above the longest handler when the pool can be full of them."
+  type        = number
+  default     = 120
+}
