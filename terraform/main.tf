@@ -114,6 +114,8 @@ module "api" {
   api_clients          = var.api_clients
   log_retention_days   = var.log_retention_days
   waf_enabled          = var.waf_enabled
+
+  cognito_user_pool_arns = concat(aws_cognito_user_pool.api[*].arn, var.cognito_user_pool_arns)
 }
 
 # Stage logs need an account-wide CloudWatch role for API Gateway (once per account and region).

@@ -68,3 +68,13 @@ output "deploy_role_arn" {
   description = "Role GitHub Actions assumes to deploy this environment (when github_repository is set)."
   value       = try(aws_iam_role.deploy[0].arn, null)
 }
+
+output "cognito_user_pool_id" {
+  description = "The API's Cognito user pool (null without one): create users here; their ID tokens go in the Authorization header."
+  value       = one(aws_cognito_user_pool.api[*].id)
+}
+
+output "cognito_client_id" {
+  description = "The app client that issues the API's tokens (null without a user pool)."
+  value       = one(aws_cognito_user_pool_client.api[*].id)
+}

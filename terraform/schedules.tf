@@ -3,7 +3,7 @@
 # <aws.scheduler.scheduled-time> in a body is filled in by the scheduler.
 
 locals {
-  schedules = try(local.topology.schedules, {})
+  schedules = var.schedules_enabled ? try(local.topology.schedules, {}) : {}
 }
 
 resource "aws_scheduler_schedule_group" "fleet" {
@@ -16,7 +16,6 @@ resource "aws_scheduler_schedule" "topology" {
   name        = "${local.prefix}${each.key}"
   group_name  = aws_scheduler_schedule_group.fleet[0].name
   description = each.value.description
-  state       = var.schedules_enabled ? "ENABLED" : "DISABLED"
 
   # rate() counts whole minutes; the topology's every_secs is a multiple of 60 (a unit test
   # of fleet::topology checks it).

@@ -136,7 +136,19 @@ variable "github_repository" {
 }
 
 variable "schedules_enabled" {
-  description = "Whether the topology's schedules (e.g. an auction cycle every 5 minutes) run: EventBridge Scheduler schedules in ENABLED state, else DISABLED."
+  description = "Create the topology's schedules (e.g. an auction cycle every 5 minutes) in EventBridge Scheduler; false creates none (LocalStack: the local run uses fleetctl schedule)."
   type        = bool
   default     = true
+}
+
+variable "cognito_user_pool_enabled" {
+  description = "Create a Cognito user pool (and an app client) whose JWTs the API requires, beside the API key, on every route that needs a key; public routes stay public."
+  type        = bool
+  default     = true
+}
+
+variable "cognito_user_pool_arns" {
+  description = "Existing Cognito user pools whose JWTs the API also accepts (ARNs)."
+  type        = list(string)
+  default     = []
 }

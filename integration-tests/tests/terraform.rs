@@ -35,22 +35,47 @@ fn run(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// The document rendered by Terraform's own `templatefile`, in a scratch configuration
-/// (no provider, nothing created).
-fn render_with_terraform(document: &Path, vars: &serde_json::Map<String, Value>) -> Result<String> {
+/// The document rendered by the Terraform module the API module deploys it through
+/// (`terraform/modules/api-document`), in a scratch configuration (no provider, nothing
+/// created): the body, and the body parsed by Terraform's `yamldecode`.
+fn render_with_terraform(
+    document: &Path,
+    vars: &serde_json::Map<String, Value>,
+    user_pools: &[&str],
+) -> Result<(String, Value)> {
     let dir = std::env::temp_dir().join(format!("fleet-tf-render-{}", fastrand::u64(..)));
     std::fs::create_dir_all(&dir)?;
+    // A local module source must be relative: climb from the scratch folder to the root.
+    let module = root().join("terraform/modules/api-document");
+    let up = "../".repeat(dir.components().count() - 1);
+    let source = format!(
+        "{up}{}",
+        module
+            .strip_prefix("/")
+            .context("an absolute path")?
+            .display()
+    );
     std::fs::write(
         dir.join("main.tf"),
-        r#"
-variable "document" { type = string }
-variable "vars" { type = map(string) }
-output "body" { value = templatefile(var.document, var.vars) }
-"#,
+        format!(
+            r#"
+variable "document" {{ type = string }}
+variable "vars" {{ type = map(string) }}
+variable "pools" {{ type = list(string) }}
+module "document" {{
+  source                 = "{source}"
+  document_path          = var.document
+  template_vars          = var.vars
+  cognito_user_pool_arns = var.pools
+}}
+output "body" {{ value = module.document.body }}
+output "decoded" {{ value = yamldecode(module.document.body) }}
+"#
+        ),
     )?;
     std::fs::write(
         dir.join("terraform.tfvars.json"),
-        serde_json::json!({ "document": document, "vars": vars }).to_string(),
+        serde_json::json!({ "document": document, "vars": vars, "pools": user_pools }).to_string(),
     )?;
     let tf = |args: &[&str]| {
         let mut command = Command::new("terraform");
@@ -74,8 +99,14 @@ output "body" { value = templatefile(var.document, var.vars) }
         "-raw",
         "body",
     ]))?;
+    let decoded = serde_json::from_str(&run(&mut tf(&[
+        "output",
+        "-state=render.tfstate",
+        "-json",
+        "decoded",
+    ]))?)?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(body)
+    Ok((body, decoded))
 }
 
 fn render_with_provisioner(
@@ -96,11 +127,9 @@ fn render_with_provisioner(
         .arg(Value::Object(vars.clone()).to_string()))
 }
 
-#[test]
-fn terraform_deploys_the_document_the_local_stack_imports() -> Result<()> {
-    if !terraform_available()? {
-        return Ok(());
-    }
+/// The topology's document and every placeholder both renderers fill: the fixed three and the
+/// topology's names.
+fn document_and_vars() -> Result<(std::path::PathBuf, serde_json::Map<String, Value>)> {
     let topology: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("topology.json"))?)?;
     let document = root().join(
@@ -108,7 +137,6 @@ fn terraform_deploys_the_document_the_local_stack_imports() -> Result<()> {
             .as_str()
             .context("api.document")?,
     );
-    // Every placeholder both renderers fill: the fixed three and the topology's names.
     let mut vars = serde_json::Map::new();
     vars.insert("region".into(), "eu-west-1".into());
     vars.insert("account_id".into(), "123456789012".into());
@@ -125,7 +153,16 @@ fn terraform_deploys_the_document_the_local_stack_imports() -> Result<()> {
             format!("prod-{}", reference.as_str().unwrap().replace(':', "-")).into(),
         );
     }
-    let by_terraform = render_with_terraform(&document, &vars)?;
+    Ok((document, vars))
+}
+
+#[test]
+fn terraform_deploys_the_document_the_local_stack_imports() -> Result<()> {
+    if !terraform_available()? {
+        return Ok(());
+    }
+    let (document, vars) = document_and_vars()?;
+    let (by_terraform, _) = render_with_terraform(&document, &vars, &[])?;
     let by_provisioner = render_with_provisioner(&document, &vars)?;
     assert!(
         !by_terraform.contains("${"),
@@ -151,8 +188,8 @@ fn terraform_deploys_the_document_the_local_stack_imports() -> Result<()> {
         "the REST API body is the rendered document"
     );
     assert!(
-        module.contains("templatefile(var.document_path"),
-        "rendered with templatefile"
+        module.contains("source        = \"../api-document\""),
+        "rendered by the module under test"
     );
     let main = std::fs::read_to_string(root().join("terraform/main.tf"))?;
     assert!(
@@ -163,5 +200,42 @@ fn terraform_deploys_the_document_the_local_stack_imports() -> Result<()> {
         main.contains("local.topology.api.template_vars"),
         "and the topology's names"
     );
+    Ok(())
+}
+
+#[test]
+fn with_a_user_pool_every_keyed_route_also_requires_a_cognito_jwt() -> Result<()> {
+    if !terraform_available()? {
+        return Ok(());
+    }
+    let (document, vars) = document_and_vars()?;
+    let pool = "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/eu-west-1_abc";
+    let (_, api) = render_with_terraform(&document, &vars, &[pool])?;
+    let scheme = &api["components"]["securitySchemes"]["cognito"];
+    assert_eq!(scheme["x-amazon-apigateway-authtype"], "cognito_user_pools");
+    assert_eq!(
+        scheme["x-amazon-apigateway-authorizer"]["providerARNs"],
+        serde_json::json!([pool])
+    );
+    assert_eq!(scheme["name"], "Authorization");
+    assert!(api["components"]["securitySchemes"]["api_key"].is_object());
+    let (mut keyed, mut public) = (0, 0);
+    for (path, item) in api["paths"].as_object().context("paths")? {
+        for (method, op) in item.as_object().context("path item")? {
+            match op.get("security").and_then(Value::as_array) {
+                Some(requirements) => {
+                    keyed += 1;
+                    assert_eq!(
+                        requirements,
+                        &vec![serde_json::json!({"api_key": [], "cognito": []})],
+                        "{method} {path}: the key and a JWT"
+                    );
+                }
+                None => public += 1,
+            }
+        }
+    }
+    assert_eq!(keyed, 11, "every route that needs a key");
+    assert!(public >= 2, "the public posts routes stay public");
     Ok(())
 }

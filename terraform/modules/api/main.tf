@@ -43,13 +43,21 @@ resource "aws_iam_role_policy" "api" {
   })
 }
 
-locals {
-  # The same document the local stack imports, with this deployment's names.
-  body = templatefile(var.document_path, merge(var.template_vars, {
+# The same document the local stack imports, with this deployment's names (and the Cognito
+# authorizer when there are user pools).
+module "document" {
+  source        = "../api-document"
+  document_path = var.document_path
+  template_vars = merge(var.template_vars, {
     region       = data.aws_region.current.name
     account_id   = data.aws_caller_identity.current.account_id
     api_role_arn = aws_iam_role.api.arn
-  }))
+  })
+  cognito_user_pool_arns = var.cognito_user_pool_arns
+}
+
+locals {
+  body = module.document.body
 }
 
 resource "aws_api_gateway_rest_api" "this" {

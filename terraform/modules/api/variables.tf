@@ -13,6 +13,12 @@ variable "template_vars" {
   type        = map(string)
 }
 
+variable "cognito_user_pool_arns" {
+  description = "Cognito user pools (ARNs) whose JWTs, in the Authorization header, every route that requires an API key also requires; empty: API keys only."
+  type        = list(string)
+  default     = []
+}
+
 variable "queue_arns" {
   description = "Queues the API may send to (sqs:SendMessage, nothing else)."
   type        = list(string)
