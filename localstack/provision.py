@@ -223,18 +223,27 @@ class Provisioner:
                 throttle={"rateLimit": 1000.0, "burstLimit": 2000},
             )["id"]
 
-        key_name = self.name("key")
-        keys = [k for k in self.apigw.get_api_keys(nameQuery=key_name, includeValues=True, limit=500)["items"] if k["name"] == key_name]
-        key = keys[0] if keys else self.apigw.create_api_key(name=key_name, enabled=True)
-        attached = {k["id"] for k in self.apigw.get_usage_plan_keys(usagePlanId=plan_id, limit=500)["items"]}
-        if key["id"] not in attached:
-            self.apigw.create_usage_plan_key(usagePlanId=plan_id, keyId=key["id"], keyType="API_KEY")
+        # Two clients: the key to use, and another client's (to see that clients are kept apart:
+        # idempotency keys, GET /vpcs).
+        key = self.api_key(plan_id, "key")
+        other = self.api_key(plan_id, "other-key")
         return {
             "id": api_id,
             "url": f"{self.endpoint}/_aws/execute-api/{api_id}/{self.stage}",
             "key": key["value"],
             "key_id": key["id"],
+            "other_key": other["value"],
         }
+
+    def api_key(self, plan_id: str, suffix: str) -> dict:
+        """The API key <prefix><suffix> on the usage plan, created once."""
+        key_name = self.name(suffix)
+        keys = [k for k in self.apigw.get_api_keys(nameQuery=key_name, includeValues=True, limit=500)["items"] if k["name"] == key_name]
+        key = keys[0] if keys else self.apigw.create_api_key(name=key_name, enabled=True)
+        attached = {k["id"] for k in self.apigw.get_usage_plan_keys(usagePlanId=plan_id, limit=500)["items"]}
+        if key["id"] not in attached:
+            self.apigw.create_usage_plan_key(usagePlanId=plan_id, keyId=key["id"], keyType="API_KEY")
+        return key
 
 
 def key_schema(spec: dict) -> list[dict]:

@@ -22,6 +22,7 @@ locals {
           FLEET_TARGET_BACKLOG_PER_UNIT  = tostring(w.scaling.target_backlog_per_unit)
           FLEET_SCALE_DOWN_COOLDOWN_SECS = tostring(w.scaling.scale_down_cooldown_secs)
         },
+        name == "vpc-worker" ? { VPC_PROJECT_TAG = local.vpc_project_tag } : {},
         coalesce(try(var.worker_overrides[name].environment, null), {}),
       )
       tables    = [for ref in values(w.env) : module.table[split(":", ref)[1]].arn if startswith(ref, "table:")]
@@ -118,4 +119,5 @@ module "worker" {
   min_tasks               = each.value.min_tasks
   max_tasks               = each.value.max_tasks
   target_backlog_per_task = each.value.scaling.target_backlog_per_task
+  extra_policy_json       = lookup(local.worker_extra_policies, each.key, null)
 }

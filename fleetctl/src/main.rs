@@ -3,7 +3,7 @@
 //! `status` shows every queue of the topology with its DLQ (exit code 2 when any DLQ holds
 //! messages, for cron and alerts); `dlq peek|redrive|export|purge` work on one queue's DLQ;
 //! `schedule` sends the topology's scheduled messages on a local timer (what EventBridge
-//! Scheduler does in AWS).
+//! Scheduler does in AWS); `vpc cleanup` deletes the VPCs and subnets the fleet created.
 //! Configured like the workers: the standard AWS environment, plus the name prefix of the
 //! deployment (`FLEET_PREFIX`, `fleet-` for the local stack).
 
@@ -29,7 +29,7 @@ const EXIT_DLQ_NOT_EMPTY: u8 = 2;
 #[command(
     name = "fleetctl",
     version,
-    about = "Operate the queue-fleet: queue status, dead-letter queues, local schedules"
+    about = "Operate the queue-fleet: queue status, dead-letter queues, local schedules, VPC cleanup"
 )]
 struct Cli {
     /// Prefix of every resource name of the deployment (`fleet-` for the local stack).
@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Provisioned VPCs: delete what the fleet created.
+    Vpc {
+        #[command(subcommand)]
+        command: VpcCommand,
+    },
     /// Run the topology's schedules on a local timer, as EventBridge Scheduler does in AWS
     /// (e.g. an auction cycle every 5 minutes). Prints each message sent; runs until Ctrl-C.
     Schedule {
@@ -76,6 +81,23 @@ enum Command {
         /// for the next one.
         #[arg(long)]
         now: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VpcCommand {
+    /// Delete the VPCs tagged by the fleet (`Project` tag), each with every subnet in it,
+    /// subnets first. Prints one JSON line per resource.
+    Cleanup {
+        /// The `Project` tag value (vpc-worker's VPC_PROJECT_TAG).
+        #[arg(long, env = "VPC_PROJECT_TAG", default_value = "queue-fleet")]
+        project: String,
+        /// Only the VPC of this request.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -196,6 +218,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 now,
             };
             schedule::run(&fleet, &opts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vpc {
+            command:
+                VpcCommand::Cleanup {
+                    project,
+                    request_id,
+                    dry_run,
+                },
+        } => {
+            let client = aws_sdk_ec2::Client::new(&sdk);
+            let ec2 = vpc::ec2::Ec2::new(
+                client,
+                NonZeroU32::new(10).expect("not zero"),
+                project,
+                &::fleet::Metrics::new(),
+            );
+            let vpcs = match &request_id {
+                Some(id) => ec2.vpcs_of(id).await?,
+                None => ec2.project_vpcs().await?,
+            };
+            for (kind, id) in ec2.remove_vpcs(&vpcs, dry_run).await? {
+                let action = if dry_run { "would delete" } else { "deleted" };
+                println!(
+                    "{}",
+                    serde_json::json!({"action": action, "kind": kind, "id": id})
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command } => {

@@ -88,6 +88,8 @@ pub struct Api {
     pub id: String,
     pub url: String,
     pub key: String,
+    /// Another client's key.
+    pub other_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -658,6 +660,107 @@ impl Drop for Proxy {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// An HTTP proxy to LocalStack for AWS query-protocol calls (EC2) that answers the `nth` call
+/// of one action (1 for the first) with an EC2 error instead of forwarding it: a permanent
+/// failure where the test wants it, seen by the worker exactly as EC2 would send it. Every
+/// other call is forwarded (one per connection).
+pub struct FaultProxy {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(action: &str, nth: usize, code: &str) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let target = endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let marker = format!("Action={action}&");
+        let code = code.to_owned();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (target, marker, code, seen) =
+                    (target.clone(), marker.clone(), code.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 16 * 1024];
+                    let head_end = loop {
+                        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while request.len() < head_end + length {
+                        match client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&request[head_end..]);
+                    if body.contains(&marker)
+                        && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth
+                    {
+                        let xml = format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by the test</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+                        );
+                        let response = format!(
+                            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
+                            xml.len()
+                        );
+                        let _ = client.write_all(response.as_bytes()).await;
+                        return;
+                    }
+                    // Forward with "Connection: close": the response then ends with the
+                    // connection, and goes back as it came.
+                    let text = String::from_utf8_lossy(&request[..head_end]).into_owned();
+                    let mut forwarded: Vec<u8> = text
+                        .split("\r\n")
+                        .filter(|l| !l.to_lowercase().starts_with("connection:") && !l.is_empty())
+                        .map(|l| format!("{l}\r\n"))
+                        .collect::<String>()
+                        .into_bytes();
+                    forwarded.extend_from_slice(b"connection: close\r\n\r\n");
+                    forwarded.extend_from_slice(&request[head_end..]);
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    if server.write_all(&forwarded).await.is_err() {
+                        return;
+                    }
+                    let mut response = Vec::new();
+                    let _ = server.read_to_end(&mut response).await;
+                    let _ = client.write_all(&response).await;
+                    let _ = client.shutdown().await;
+                });
+            }
+        });
+        Ok(Self { port, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

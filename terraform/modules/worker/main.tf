@@ -108,6 +108,15 @@ resource "aws_iam_role_policy" "task" {
   policy = data.aws_iam_policy_document.task.json
 }
 
+# What only this worker needs beyond queues, tables, topics and buckets (e.g. EC2 for
+# vpc-worker), written by the caller.
+resource "aws_iam_role_policy" "extra" {
+  count  = var.extra_policy_json == null ? 0 : 1
+  name   = "worker-extra"
+  role   = aws_iam_role.task.id
+  policy = var.extra_policy_json
+}
+
 resource "aws_ecs_task_definition" "this" {
   family                   = var.name
   requires_compatibilities = ["FARGATE"]

@@ -122,3 +122,9 @@ variable "health_max_age_seconds" {
   type        = number
   default     = 120
 }
+
+variable "extra_policy_json" {
+  description = "An IAM policy (JSON) added to the task role for what the topology's references do not cover (e.g. EC2 for vpc-worker); null for none."
+  type        = string
+  default     = null
+}

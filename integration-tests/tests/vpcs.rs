@@ -1,0 +1,543 @@
+//! VPC provisioning on LocalStack: POST /vpcs through the gateway, vpc-worker against
+//! LocalStack's EC2, the request read back from DynamoDB by the gateway; crashes at each step,
+//! duplicates at once, a permanent EC2 failure, semantic and shape errors, pagination.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aws_sdk_ec2::types::Filter;
+use integration_tests::{eventually, fleetctl, sdk_config, FaultProxy, Stack, Worker};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const WORKER: &str = "vpc-worker";
+
+/// A worker environment with short leases and visibility, so that a crashed delivery is
+/// taken over within seconds.
+fn env(stack: &Stack, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env = stack.worker_env(WORKER);
+    env.insert("FLEET_VISIBILITY_TIMEOUT_SECS".into(), "4".into());
+    env.insert("VPC_LEASE_SECS".into(), "4".into());
+    env.insert("FLEET_RETRY_BASE_MS".into(), "500".into());
+    env.insert("FLEET_RETRY_MAX_SECS".into(), "2".into());
+    env.insert("VPC_PROJECT_TAG".into(), stack.info.prefix.clone());
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    env
+}
+
+fn ec2_client(sdk: &aws_config::SdkConfig) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(sdk)
+}
+
+fn two_subnets(second: u8) -> Value {
+    json!({"vpc": {"cidr": format!("10.{second}.0.0/16")}, "subnets": [
+        {"cidr": format!("10.{second}.1.0/24"), "az": "us-east-1a", "name": "public-a"},
+        {"cidr": format!("10.{second}.2.0/24"), "az": "us-east-1b"}
+    ]})
+}
+
+async fn post(stack: &Stack, key: &str, body: &Value) -> Result<(u16, Value)> {
+    let r = stack
+        .api(Method::POST, "/vpcs")
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+}
+
+async fn get(stack: &Stack, path: &str) -> Result<(u16, Value)> {
+    let r = stack.api(Method::GET, path).send().await?;
+    Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+}
+
+async fn wait_for_status(stack: &Stack, request_id: &str, status: &str) -> Result<Value> {
+    eventually(Duration::from_secs(60), status, || async {
+        let (code, body) = get(stack, &format!("/vpcs/{request_id}")).await?;
+        Ok((code == 200 && body["status"] == status).then_some(body))
+    })
+    .await
+}
+
+/// Waits until the worker's counter reaches `n`, then one more metric line, and says whether it
+/// stayed at exactly `n`.
+async fn settles_at(worker: &Worker, counter: &str, n: u64) -> Result<bool> {
+    worker
+        .wait_for_total(counter, n, Duration::from_secs(30))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(worker.total(counter) == n)
+}
+
+/// The VPCs tagged with a request id, and the subnets of each: (vpc id, [(cidr, az, tags)]).
+async fn tagged(
+    ec2: &aws_sdk_ec2::Client,
+    request_id: &str,
+) -> Result<
+    Vec<(
+        String,
+        HashMap<String, String>,
+        Vec<(String, String, HashMap<String, String>)>,
+    )>,
+> {
+    let tags = |t: &[aws_sdk_ec2::types::Tag]| -> HashMap<String, String> {
+        t.iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect()
+    };
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(
+            Filter::builder()
+                .name("tag:RequestId")
+                .values(request_id)
+                .build(),
+        )
+        .send()
+        .await?;
+    let mut out = Vec::new();
+    for vpc in vpcs.vpcs() {
+        let id = vpc.vpc_id().context("vpc id")?.to_owned();
+        let subnets = ec2
+            .describe_subnets()
+            .filters(Filter::builder().name("vpc-id").values(&id).build())
+            .send()
+            .await?;
+        let mut list: Vec<_> = subnets
+            .subnets()
+            .iter()
+            .map(|s| {
+                (
+                    s.cidr_block().unwrap_or_default().to_owned(),
+                    s.availability_zone().unwrap_or_default().to_owned(),
+                    tags(s.tags()),
+                )
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push((id, tags(vpc.tags()), list));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_request_succeeds_with_exactly_one_tagged_vpc_and_replays_change_nothing() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let ec2 = ec2_client(&sdk_config().await);
+    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+
+    let sent = Instant::now();
+    let (code, accepted) = post(&stack, "net-1", &two_subnets(1)).await?;
+    assert_eq!(code, 202, "{accepted}");
+    assert_eq!(accepted["status"], "QUEUED");
+    let request_id = accepted["request_id"]
+        .as_str()
+        .context("request_id")?
+        .to_owned();
+    assert!(request_id.ends_with("-net-1"), "{request_id}");
+    // Readable (QUEUED or later) within a second of the 202.
+    let readable = eventually(Duration::from_secs(1), "the request readable", || async {
+        let (code, body) = get(&stack, &format!("/vpcs/{request_id}")).await?;
+        Ok((code == 200).then_some(body))
+    })
+    .await?;
+    let readable_after = sent.elapsed();
+    assert!(readable["status"].is_string());
+    let done = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
+    eprintln!(
+        "readable after {readable_after:?}; 202 -> SUCCEEDED seen after {:?} (2 subnets)",
+        sent.elapsed()
+    );
+    let vpc_id = done["vpc"]["vpc_id"].as_str().context("vpc_id")?;
+    assert_eq!(done["vpc"]["cidr"], "10.1.0.0/16");
+    let subnets = done["subnets"].as_array().context("subnets")?;
+    assert_eq!(subnets.len(), 2);
+    assert_eq!(subnets[0]["cidr"], "10.1.1.0/24");
+    assert_eq!(subnets[0]["az"], "us-east-1a");
+    assert_eq!(subnets[0]["name"], "public-a");
+    assert_eq!(subnets[1]["name"], Value::Null);
+    assert!(subnets.iter().all(|s| s["subnet_id"].is_string()));
+    assert_eq!(done["reason"], Value::Null);
+
+    let found = tagged(&ec2, &request_id).await?;
+    assert_eq!(found.len(), 1, "exactly one VPC: {found:?}");
+    let (id, vpc_tags, subnet_list) = &found[0];
+    assert_eq!(id, vpc_id);
+    assert_eq!(vpc_tags["Project"], stack.info.prefix);
+    assert_eq!(vpc_tags["RequestId"], request_id);
+    assert!(vpc_tags.contains_key("Name"));
+    let cidrs: Vec<(&str, &str)> = subnet_list
+        .iter()
+        .map(|(c, az, _)| (c.as_str(), az.as_str()))
+        .collect();
+    assert_eq!(
+        cidrs,
+        [("10.1.1.0/24", "us-east-1a"), ("10.1.2.0/24", "us-east-1b")]
+    );
+    assert_eq!(subnet_list[0].2["SubnetName"], "public-a");
+    assert_eq!(subnet_list[0].2["RequestId"], request_id);
+    assert!(!subnet_list[1].2.contains_key("SubnetName"));
+    // 1 DescribeAvailabilityZones (once per process) + CreateVpc + 2 CreateSubnet; no look-up.
+    assert!(
+        settles_at(&worker, "ec2_calls", 4).await?,
+        "{}",
+        worker.total("ec2_calls")
+    );
+
+    // The same key and body again: the same request, nothing created.
+    let (code, again) = post(&stack, "net-1", &two_subnets(1)).await?;
+    assert_eq!((code, &again["request_id"]), (202, &json!(request_id)));
+    worker
+        .wait_for_total("duplicates", 1, Duration::from_secs(30))
+        .await?;
+    assert_eq!(worker.total("ec2_calls"), 4);
+    assert_eq!(tagged(&ec2, &request_id).await?.len(), 1);
+
+    // Another client's same key is another request; neither sees the other's.
+    let other = stack
+        .http
+        .post(format!("{}/vpcs", stack.info.api.url))
+        .header("x-api-key", &stack.info.api.other_key)
+        .header("Idempotency-Key", "net-1")
+        .json(&two_subnets(2))
+        .send()
+        .await?;
+    assert_eq!(other.status().as_u16(), 202);
+    let other: Value = other.json().await?;
+    assert_ne!(other["request_id"], json!(request_id));
+    let foreign = stack
+        .http
+        .get(format!("{}/vpcs/{request_id}", stack.info.api.url))
+        .header("x-api-key", &stack.info.api.other_key)
+        .send()
+        .await?;
+    assert_eq!(foreign.status().as_u16(), 404, "another client's request");
+
+    // The same key with another body: the request stands; the replay is FAILED beside it.
+    let (code, _) = post(&stack, "net-1", &two_subnets(3)).await?;
+    assert_eq!(code, 202);
+    worker
+        .wait_for_total("dead_lettered", 1, Duration::from_secs(30))
+        .await?;
+    let (_, still) = get(&stack, &format!("/vpcs/{request_id}")).await?;
+    assert_eq!(still, done, "the original request is untouched");
+    let dead = stack
+        .wait_for_messages(
+            &stack.queue("vpc-requests").dlq_url,
+            "the conflict in the DLQ",
+        )
+        .await?;
+    let attrs = dead[0].message_attributes().context("attributes")?;
+    assert_eq!(
+        attrs["fleet.error.kind"].string_value(),
+        Some("idempotency-conflict")
+    );
+    let message = attrs["fleet.error.message"].string_value().unwrap_or("");
+    let conflict_id = message
+        .split("recorded as ")
+        .nth(1)
+        .context("the conflict record's id")?
+        .trim_end_matches(')');
+    let (code, conflict) = get(&stack, &format!("/vpcs/{}", conflict_id)).await?;
+    assert_eq!(code, 200);
+    assert_eq!(conflict["status"], "FAILED");
+    assert!(conflict["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("reused with another body"));
+    assert_eq!(tagged(&ec2, &request_id).await?.len(), 1);
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_between_a_create_and_its_checkpoint_is_repaired_without_a_second_resource(
+) -> Result<()> {
+    let stack = Stack::provision().await?;
+    let ec2 = ec2_client(&sdk_config().await);
+    for (i, point) in ["create-vpc", "subnet-1"].into_iter().enumerate() {
+        let mut crashing = Worker::spawn(WORKER, &env(&stack, &[("VPC_CRASH_AFTER", point)]))?;
+        let (code, accepted) =
+            post(&stack, &format!("crash-{i}"), &two_subnets(10 + i as u8)).await?;
+        assert_eq!(code, 202);
+        let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
+        let status = tokio::time::timeout(Duration::from_secs(30), crashing.wait()).await??;
+        assert_ne!(status, Some(0), "{point}: the worker aborted");
+        // What the crash left: created, not checkpointed.
+        let (_, record) = get(&stack, &format!("/vpcs/{request_id}")).await?;
+        assert_eq!(record["status"], "IN_PROGRESS", "{point}: {record}");
+        let left = tagged(&ec2, &request_id).await?;
+        assert_eq!(left.len(), 1, "{point}");
+        assert_eq!(left[0].2.len(), i, "{point}: subnets made before the crash");
+
+        let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+        let done = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
+        let found = tagged(&ec2, &request_id).await?;
+        assert_eq!(found.len(), 1, "{point}: one VPC");
+        assert_eq!(found[0].0, done["vpc"]["vpc_id"].as_str().unwrap_or(""));
+        assert_eq!(found[0].2.len(), 2, "{point}: the two subnets, once each");
+        let ids: HashSet<&str> = done["subnets"]
+            .as_array()
+            .context("subnets")?
+            .iter()
+            .filter_map(|s| s["subnet_id"].as_str())
+            .collect();
+        assert_eq!(ids.len(), 2);
+        worker.terminate(Duration::from_secs(30)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicates_received_by_two_workers_at_once_make_one_vpc() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let ec2 = ec2_client(&sdk_config().await);
+    let queue = stack.queue("vpc-requests").url.clone();
+    let a = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    let b = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // both polling
+    let request_id = "client-dup-1";
+    let attr = |v: &str, t: &str| {
+        aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type(t)
+            .string_value(v)
+            .build()
+            .expect("typed")
+    };
+    // Two copies of the message the gateway sends, at once (SQS may deliver one twice).
+    for _ in 0..2 {
+        stack
+            .sqs
+            .send_message()
+            .queue_url(&queue)
+            .message_body(two_subnets(20).to_string())
+            .message_attributes("requestId", attr(request_id, "String"))
+            .message_attributes("apiKeyId", attr("client", "String"))
+            .message_attributes("receivedAt", attr("1795390000000", "Number"))
+            .send()
+            .await?;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "one success and one duplicate",
+        || async {
+            let succeeded = a.total("requests_succeeded") + b.total("requests_succeeded");
+            let duplicates = a.total("duplicates") + b.total("duplicates");
+            Ok((succeeded == 1 && duplicates == 1).then_some(()))
+        },
+    )
+    .await?;
+    let found = tagged(&ec2, request_id).await?;
+    assert_eq!(found.len(), 1, "one VPC: {found:?}");
+    assert_eq!(found[0].2.len(), 2);
+    a.terminate(Duration::from_secs(30)).await?;
+    b.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_permanent_ec2_failure_on_the_second_subnet_leaves_nothing_behind() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let ec2 = ec2_client(&sdk_config().await);
+    let faults = FaultProxy::start("CreateSubnet", 2, "InvalidSubnet.Conflict").await?;
+    let worker = Worker::spawn(
+        WORKER,
+        &env(&stack, &[("AWS_ENDPOINT_URL_EC2", &faults.url())]),
+    )?;
+    let (code, accepted) = post(&stack, "doomed", &two_subnets(30)).await?;
+    assert_eq!(code, 202);
+    let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
+    let failed = wait_for_status(&stack, &request_id, "FAILED").await?;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("InvalidSubnet.Conflict"),
+        "{failed}"
+    );
+    assert!(tagged(&ec2, &request_id).await?.is_empty(), "no VPC left");
+    let subnets = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("tag:RequestId")
+                .values(&request_id)
+                .build(),
+        )
+        .send()
+        .await?;
+    assert!(subnets.subnets().is_empty(), "no subnet left");
+    assert!(settles_at(&worker, "requests_failed", 1).await?);
+    assert_eq!(worker.total("retried"), 0, "not retried");
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_at_the_gateway_and_semantic_errors_fail_without_ec2() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let queue = stack.queue("vpc-requests").url.clone();
+    let subnet = json!({"cidr": "10.0.1.0/24", "az": "us-east-1a"});
+    let shapes = [
+        json!({"vpc": {"cidr": "10.0.0.0/8"}, "subnets": [subnet]}),
+        json!({"vpc": {"cidr": "10.0.0.0/29"}, "subnets": [subnet]}),
+        json!({"vpc": {"cidr": "10.0.0/16"}, "subnets": [subnet]}),
+        json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": []}),
+        json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": vec![subnet.clone(); 21]}),
+        json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [{"cidr": "10.0.1.0/24", "az": "us-east-1a", "name": "bad/name"}]}),
+        json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [{"cidr": "10.0.1.0/24", "az": "us-east-1a", "name": "x".repeat(65)}]}),
+        json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [{"cidr": "10.0.1.0/24"}]}),
+        json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [subnet], "extra": 1}),
+        json!({"subnets": [subnet]}),
+    ];
+    for body in &shapes {
+        let (code, answer) = post(&stack, "shape", body).await?;
+        assert_eq!(code, 400, "{body} -> {answer}");
+    }
+    let valid = json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [subnet]});
+    let no_key = stack.api(Method::POST, "/vpcs").json(&valid).send().await?;
+    assert_eq!(no_key.status().as_u16(), 400, "no Idempotency-Key");
+    let (code, _) = post(&stack, "not a key!", &valid).await?;
+    assert_eq!(code, 400, "invalid Idempotency-Key");
+    assert_eq!(stack.depth(&queue).await?, 0, "nothing queued");
+
+    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    let semantic = [
+        (
+            json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [{"cidr": "10.1.1.0/24", "az": "us-east-1a"}]}),
+            "not inside",
+        ),
+        (
+            json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [subnet, {"cidr": "10.0.1.128/25", "az": "us-east-1b"}]}),
+            "overlaps",
+        ),
+        (
+            json!({"vpc": {"cidr": "10.0.0.0/16"}, "subnets": [{"cidr": "10.0.1.0/24", "az": "us-east-1z"}]}),
+            "does not exist",
+        ),
+    ];
+    for (i, (body, why)) in semantic.iter().enumerate() {
+        let (code, accepted) = post(&stack, &format!("semantic-{i}"), body).await?;
+        assert_eq!(code, 202);
+        let id = accepted["request_id"].as_str().context("id")?;
+        let failed = wait_for_status(&stack, id, "FAILED").await?;
+        assert!(
+            failed["reason"].as_str().unwrap_or("").contains(why),
+            "{failed} should say {why}"
+        );
+        assert_eq!(failed["vpc"]["vpc_id"], Value::Null);
+    }
+    assert!(
+        settles_at(&worker, "ec2_calls", 1).await?,
+        "only the zones, once: no resource asked for ({})",
+        worker.total("ec2_calls")
+    );
+    let (_, stdout, _) = fleetctl(
+        &stack,
+        &[
+            "vpc",
+            "cleanup",
+            "--dry-run",
+            "--project",
+            &stack.info.prefix,
+        ],
+    )
+    .await?;
+    assert!(stdout.trim().is_empty(), "nothing tagged: {stdout}");
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pages_of_requests_newest_first_each_once_and_cleanup_removes_the_vpcs() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    let mut ids = Vec::new();
+    for i in 0..7u8 {
+        let body = json!({"vpc": {"cidr": format!("10.{}.0.0/16", 40 + i)}, "subnets": [{"cidr": format!("10.{}.0.0/24", 40 + i), "az": "us-east-1a"}]});
+        let (code, accepted) = post(&stack, &format!("page-{i}"), &body).await?;
+        assert_eq!(code, 202);
+        ids.push(accepted["request_id"].as_str().context("id")?.to_owned());
+        tokio::time::sleep(Duration::from_millis(20)).await; // distinct receive times
+    }
+    for id in &ids {
+        wait_for_status(&stack, id, "SUCCEEDED").await?;
+    }
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let path = match &token {
+            Some(t) => format!("/vpcs?limit=2&next_token={t}"),
+            None => "/vpcs?limit=2".to_owned(),
+        };
+        let (code, page) = get(&stack, &path).await?;
+        assert_eq!(code, 200, "{page}");
+        pages += 1;
+        for item in page["items"].as_array().context("items")? {
+            seen.push(item["request_id"].as_str().context("id")?.to_owned());
+            assert_eq!(item["status"], "SUCCEEDED");
+            assert_eq!(item["subnet_count"], 1);
+        }
+        match page["next_token"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert!(pages > 3, "{pages} pages");
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first, "every request once, newest first");
+    for bad in [
+        "/vpcs?next_token=garbage",
+        "/vpcs?limit=0",
+        "/vpcs?limit=51",
+    ] {
+        let (code, answer) = get(&stack, bad).await?;
+        assert_eq!(code, 400, "{bad} -> {answer}");
+    }
+    // The other client lists none of them.
+    let other: Value = stack
+        .http
+        .get(format!("{}/vpcs", stack.info.api.url))
+        .header("x-api-key", &stack.info.api.other_key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(other["items"], json!([]));
+
+    // Cleanup: a dry run lists, the real run deletes subnets before their VPC.
+    let project = stack.info.prefix.clone();
+    let (code, listed, err) = fleetctl(
+        &stack,
+        &["vpc", "cleanup", "--dry-run", "--project", &project],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed.lines().count(), 14, "{listed}");
+    let ec2 = ec2_client(&sdk_config().await);
+    assert_eq!(
+        tagged(&ec2, &ids[0]).await?.len(),
+        1,
+        "a dry run deletes nothing"
+    );
+    let (code, deleted, err) = fleetctl(&stack, &["vpc", "cleanup", "--project", &project]).await?;
+    assert_eq!(code, 0, "{err}");
+    let kinds: Vec<String> = deleted
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).map(|v| v["kind"].as_str().unwrap_or("").to_owned())
+        })
+        .collect::<Result<_, _>>()?;
+    assert_eq!(kinds.len(), 14);
+    assert!(kinds.chunks(2).all(|c| c == ["subnet", "vpc"]), "{kinds:?}");
+    for id in &ids {
+        assert!(tagged(&ec2, id).await?.is_empty());
+    }
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}

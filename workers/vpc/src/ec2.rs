@@ -1,0 +1,301 @@
+//! The EC2 calls of VPC provisioning, rate-limited (one `governor` limiter shared by every task
+//! of the process) and counted. Every resource is created with its tags in the same call
+//! (`TagSpecifications`), so a resource whose id was never checkpointed can be found again by
+//! its tags instead of being created twice.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use fleet::{classify, AwsError, Metrics};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// Tag naming the request a resource was created for.
+pub const REQUEST_ID_TAG: &str = "RequestId";
+/// Tag naming the project (the cleanup command deletes what carries it).
+pub const PROJECT_TAG: &str = "Project";
+
+/// EC2 with a rate limit and a call counter.
+#[derive(Debug, Clone)]
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    calls: Arc<AtomicU64>,
+    project: String,
+}
+
+/// A subnet found or created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    /// Its id.
+    pub subnet_id: String,
+    /// Its VPC.
+    pub vpc_id: String,
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+impl Ec2 {
+    /// EC2 at most `per_second` calls per second, tagging with `project`, counting
+    /// `ec2_calls`.
+    pub fn new(
+        client: aws_sdk_ec2::Client,
+        per_second: NonZeroU32,
+        project: String,
+        metrics: &Metrics,
+    ) -> Self {
+        Self {
+            client,
+            limiter: Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+            calls: metrics.counter("ec2_calls"),
+            project,
+        }
+    }
+
+    async fn turn(&self) {
+        self.limiter.until_ready().await;
+        Metrics::incr(&self.calls);
+    }
+
+    fn tags(
+        &self,
+        resource: ResourceType,
+        request_id: &str,
+        extra: &[(&str, &str)],
+    ) -> TagSpecification {
+        let mut spec = TagSpecification::builder()
+            .resource_type(resource)
+            .tags(tag(PROJECT_TAG, &self.project))
+            .tags(tag(REQUEST_ID_TAG, request_id));
+        for (k, v) in extra {
+            spec = spec.tags(tag(k, v));
+        }
+        spec.build()
+    }
+
+    /// The region's availability zones (names).
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn availability_zones(&self) -> Result<Vec<String>, AwsError> {
+        self.turn().await;
+        let out = self
+            .client
+            .describe_availability_zones()
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .availability_zones()
+            .iter()
+            .filter_map(|z| z.zone_name().map(str::to_owned))
+            .collect())
+    }
+
+    /// Creates the VPC of `request_id`, tagged `Name` = `name`.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn create_vpc(
+        &self,
+        request_id: &str,
+        cidr: &str,
+        name: &str,
+    ) -> Result<String, AwsError> {
+        self.turn().await;
+        let out = self
+            .client
+            .create_vpc()
+            .cidr_block(cidr)
+            .tag_specifications(self.tags(ResourceType::Vpc, request_id, &[("Name", name)]))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Creates a subnet of `request_id` in `vpc_id`.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn create_subnet(
+        &self,
+        request_id: &str,
+        vpc_id: &str,
+        cidr: &str,
+        az: &str,
+        name: Option<&str>,
+    ) -> Result<String, AwsError> {
+        let mut extra = vec![("Name", name.unwrap_or(request_id))];
+        if let Some(name) = name {
+            extra.push(("SubnetName", name));
+        }
+        self.turn().await;
+        let out = self
+            .client
+            .create_subnet()
+            .vpc_id(vpc_id)
+            .cidr_block(cidr)
+            .availability_zone(az)
+            .tag_specifications(self.tags(ResourceType::Subnet, request_id, &extra))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// The VPCs tagged with `request_id` (normally none or one).
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn vpcs_of(&self, request_id: &str) -> Result<Vec<String>, AwsError> {
+        self.find_vpcs(filter(&format!("tag:{REQUEST_ID_TAG}"), request_id))
+            .await
+    }
+
+    /// The VPCs tagged with the project.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn project_vpcs(&self) -> Result<Vec<String>, AwsError> {
+        self.find_vpcs(filter(&format!("tag:{PROJECT_TAG}"), &self.project))
+            .await
+    }
+
+    async fn find_vpcs(&self, by: Filter) -> Result<Vec<String>, AwsError> {
+        self.turn().await;
+        let out = self
+            .client
+            .describe_vpcs()
+            .filters(by)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .vpcs()
+            .iter()
+            .filter_map(|v| v.vpc_id().map(str::to_owned))
+            .collect())
+    }
+
+    /// The subnet of `vpc_id` with exactly `cidr`, if there is one.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn subnet_with(&self, vpc_id: &str, cidr: &str) -> Result<Option<String>, AwsError> {
+        let found = self
+            .find_subnets(vec![filter("vpc-id", vpc_id), filter("cidr-block", cidr)])
+            .await?;
+        Ok(found.into_iter().next().map(|s| s.subnet_id))
+    }
+
+    /// The subnets inside `vpc_id`.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn subnets_in(&self, vpc_id: &str) -> Result<Vec<Subnet>, AwsError> {
+        self.find_subnets(vec![filter("vpc-id", vpc_id)]).await
+    }
+
+    async fn find_subnets(&self, filters: Vec<Filter>) -> Result<Vec<Subnet>, AwsError> {
+        self.turn().await;
+        let out = self
+            .client
+            .describe_subnets()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .subnets()
+            .iter()
+            .filter_map(|s| {
+                Some(Subnet {
+                    subnet_id: s.subnet_id()?.to_owned(),
+                    vpc_id: s.vpc_id()?.to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes a subnet; one already gone is fine.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn delete_subnet(&self, subnet_id: &str) -> Result<(), AwsError> {
+        self.turn().await;
+        match self
+            .client
+            .delete_subnet()
+            .subnet_id(subnet_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => gone_is_fine(classify(&e)),
+        }
+    }
+
+    /// Deletes a VPC (its subnets first); one already gone is fine.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn delete_vpc(&self, vpc_id: &str) -> Result<(), AwsError> {
+        self.turn().await;
+        match self.client.delete_vpc().vpc_id(vpc_id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => gone_is_fine(classify(&e)),
+        }
+    }
+}
+
+impl Ec2 {
+    /// Deletes the VPCs `vpc_ids` with every subnet in them, subnets first, and returns what it
+    /// deleted, as (`subnet` | `vpc`, id); with `dry_run`, only what it would delete.
+    ///
+    /// # Errors
+    /// The first EC2 call that fails (what was deleted before stays deleted).
+    pub async fn remove_vpcs(
+        &self,
+        vpc_ids: &[String],
+        dry_run: bool,
+    ) -> Result<Vec<(&'static str, String)>, AwsError> {
+        let mut removed = Vec::new();
+        for vpc_id in vpc_ids {
+            for subnet in self.subnets_in(vpc_id).await? {
+                if !dry_run {
+                    self.delete_subnet(&subnet.subnet_id).await?;
+                }
+                removed.push(("subnet", subnet.subnet_id));
+            }
+            if !dry_run {
+                self.delete_vpc(vpc_id).await?;
+            }
+            removed.push(("vpc", vpc_id.clone()));
+        }
+        Ok(removed)
+    }
+}
+
+fn gone_is_fine(err: AwsError) -> Result<(), AwsError> {
+    if err.code.ends_with(".NotFound") {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}

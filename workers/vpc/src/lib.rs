@@ -1,0 +1,301 @@
+//! # vpc-worker
+//!
+//! Creates a VPC and its subnets for each request of `POST /vpcs`, exactly once per request:
+//!
+//! 1. the request is recorded `QUEUED` (the first delivery writes it; the same request id with
+//!    another body is a conflict: recorded beside it as `FAILED`, the message dead-lettered,
+//!    the request untouched);
+//! 2. what the gateway cannot check (subnets inside the VPC, no overlaps, AZs of the region)
+//!    → `FAILED` with the reason, no EC2 call made;
+//! 3. a lease makes one delivery at a time work on a request (two workers receiving duplicates
+//!    at once: one works, the other comes back later), `IN_PROGRESS`;
+//! 4. `CreateVpc`, checkpoint the id; each `CreateSubnet`, checkpoint its id. Every resource is
+//!    created with its tags (`Project`, `RequestId`, `Name`, `SubnetName`), so a delivery that
+//!    takes over from one that crashed between a create and its checkpoint finds the resource
+//!    (VPC by tag, subnet by VPC and CIDR) instead of creating a second one. Look-ups happen only
+//!    then: a first delivery makes 1 + subnets EC2 calls;
+//! 5. `SUCCEEDED`. A throttled or failing EC2 (5xx) is retried through the queue's backoff; a
+//!    permanent EC2 error (`VpcLimitExceeded`, `InvalidSubnet.Conflict`, invalid parameters)
+//!    removes what the request created (subnets first) and records `FAILED` with the reason.
+
+pub mod ec2;
+pub mod request;
+pub mod store;
+
+use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use clap::Parser;
+use fleet::util::{now_ms, sha256_hex};
+use fleet::worker::WorkerArgs;
+use fleet::{AwsError, Handler, Message, Metrics, Outcome};
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use crate::ec2::Ec2;
+use crate::request::VpcRequest;
+use crate::store::{status, Claim, Origin, Record, Store, StoreError};
+
+/// Command line and environment of the `vpc-worker` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vpc-worker",
+    version,
+    about = "Creates the VPCs and subnets of POST /vpcs, once each"
+)]
+pub struct Config {
+    /// The request records (partition key `request_id`).
+    #[arg(long, env = "VPC_REQUESTS_TABLE", value_name = "TABLE")]
+    pub table: String,
+    /// EC2 calls per second at most, shared by every task of the process.
+    #[arg(long, env = "VPC_EC2_CALLS_PER_SECOND", default_value = "5")]
+    pub ec2_calls_per_second: NonZeroU32,
+    /// Value of the `Project` tag on every resource (what `fleetctl vpc cleanup` deletes).
+    #[arg(long, env = "VPC_PROJECT_TAG", default_value = "queue-fleet")]
+    pub project: String,
+    /// How long a delivery's claim on a request lasts past its last checkpoint, seconds; a
+    /// crashed delivery's request is taken over after it. Keep it at most the queue's
+    /// visibility timeout.
+    #[arg(long, env = "VPC_LEASE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_secs: u64,
+    /// Fault injection for tests: abort the process right after this EC2 call, before its
+    /// checkpoint: `create-vpc` or `subnet-N` (N from 1).
+    #[arg(long, env = "VPC_CRASH_AFTER", hide = true)]
+    pub crash_after: Option<String>,
+    /// What every worker has: the engine, logs, threads.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// The handler.
+#[derive(Debug)]
+pub struct VpcHandler {
+    ec2: Ec2,
+    store: Store,
+    zones: OnceCell<Vec<String>>,
+    crash_after: Option<String>,
+    succeeded: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl VpcHandler {
+    /// A handler counting `requests_succeeded` and `requests_failed` (and `ec2_calls`).
+    pub fn new(ec2: Ec2, store: Store, crash_after: Option<String>, metrics: &Metrics) -> Self {
+        Self {
+            ec2,
+            store,
+            zones: OnceCell::new(),
+            crash_after,
+            succeeded: metrics.counter("requests_succeeded"),
+            failed: metrics.counter("requests_failed"),
+        }
+    }
+
+    /// The region's AZs, asked once per process.
+    async fn zones(&self) -> Result<&Vec<String>, AwsError> {
+        self.zones
+            .get_or_try_init(|| self.ec2.availability_zones())
+            .await
+    }
+
+    fn crash_point(&self, point: &str) {
+        if self.crash_after.as_deref() == Some(point) {
+            eprintln!("VPC_CRASH_AFTER={point}: aborting");
+            std::process::abort();
+        }
+    }
+
+    /// Creates what `before` does not record yet; `resumed`: an earlier delivery started, so a
+    /// resource without its checkpoint may exist and is looked up first.
+    async fn provision(
+        &self,
+        request_id: &str,
+        request: &VpcRequest,
+        me: &str,
+        before: &Record,
+    ) -> Result<(), StoreError> {
+        let resumed = before.status == status::IN_PROGRESS;
+        let vpc_id = match &before.vpc_id {
+            Some(id) => id.clone(),
+            None => {
+                let found = match resumed {
+                    true => self.ec2.vpcs_of(request_id).await?.into_iter().next(),
+                    false => None,
+                };
+                let id = match found {
+                    Some(id) => id,
+                    None => {
+                        let name = format!("fleet-{request_id}");
+                        let id = self
+                            .ec2
+                            .create_vpc(request_id, &request.vpc.cidr, &name)
+                            .await?;
+                        self.crash_point("create-vpc");
+                        id
+                    }
+                };
+                self.store.vpc_created(request_id, me, &id).await?;
+                id
+            }
+        };
+        for (i, subnet) in request.subnets.iter().enumerate() {
+            if before.subnet_ids.get(i).is_some_and(Option::is_some) {
+                continue;
+            }
+            let found = match resumed {
+                true => self.ec2.subnet_with(&vpc_id, &subnet.cidr).await?,
+                false => None,
+            };
+            let id = match found {
+                Some(id) => id,
+                None => {
+                    let id = self
+                        .ec2
+                        .create_subnet(
+                            request_id,
+                            &vpc_id,
+                            &subnet.cidr,
+                            &subnet.az,
+                            subnet.name.as_deref(),
+                        )
+                        .await?;
+                    self.crash_point(&format!("subnet-{}", i + 1));
+                    id
+                }
+            };
+            self.store.subnet_created(request_id, me, i, &id).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every resource tagged with the request: subnets first, then the VPC.
+    async fn remove(&self, request_id: &str) -> Result<(), AwsError> {
+        let vpcs = self.ec2.vpcs_of(request_id).await?;
+        self.ec2.remove_vpcs(&vpcs, false).await.map(drop)
+    }
+
+    async fn fail(&self, request_id: &str, owner: Option<&str>, reason: &str) -> Outcome {
+        match self.store.failed(request_id, owner, reason).await {
+            Ok(()) => {
+                Metrics::incr(&self.failed);
+                info!(request_id, reason, "request failed");
+                Outcome::Done
+            }
+            Err(StoreError::LeaseLost) => {
+                Outcome::retry("lease-lost", "another delivery took the request over")
+            }
+            Err(StoreError::Aws(e)) => e.into_outcome(),
+        }
+    }
+}
+
+impl Handler for VpcHandler {
+    async fn handle(&self, message: &Message) -> Outcome {
+        let (Some(request_id), Some(client)) = (
+            message.attribute("requestId"),
+            message.attribute("apiKeyId"),
+        ) else {
+            return Outcome::permanent(
+                "invalid-message",
+                "requestId and apiKeyId attributes are required (the gateway sets them)",
+            );
+        };
+        let request: VpcRequest = match serde_json::from_str(&message.body) {
+            Ok(r) => r,
+            Err(e) => return Outcome::permanent("invalid-body", format!("not a VPC request: {e}")),
+        };
+        let hash = sha256_hex(request.canonical().as_bytes());
+        let origin = Origin {
+            client,
+            received_at_ms: message
+                .attribute("receivedAt")
+                .and_then(|v| v.parse().ok())
+                .or(message.sent_at_ms)
+                .unwrap_or_else(now_ms),
+            message_id: &message.message_id,
+        };
+        let record = match self
+            .store
+            .insert(request_id, &request, &hash, &origin)
+            .await
+        {
+            Ok(record) => record,
+            Err(e) => return e.into_outcome(),
+        };
+        if record.body_sha256 != hash {
+            let reason = format!(
+                "the Idempotency-Key of request {request_id} was reused with another body; the request stands as first sent"
+            );
+            return match self.store.conflict(request_id, &origin, &reason).await {
+                Ok(id) => Outcome::permanent(
+                    "idempotency-conflict",
+                    format!("{reason} (recorded as {id})"),
+                ),
+                Err(e) => e.into_outcome(),
+            };
+        }
+        if record.finished() {
+            return Outcome::Duplicate;
+        }
+        let zones = match self.zones().await {
+            Ok(zones) => zones,
+            Err(e) => return e.into_outcome(),
+        };
+        if let Err(why) = request.validate(zones) {
+            return self.fail(request_id, None, &why).await;
+        }
+        let me = format!(
+            "{}/{}/{:016x}",
+            message.message_id,
+            message.receive_count,
+            fastrand::u64(..)
+        );
+        let before = match self.store.claim(request_id, &me).await {
+            Ok(Claim::Owned(before)) => before,
+            Ok(Claim::Finished) => return Outcome::Duplicate,
+            Ok(Claim::Busy) => {
+                return Outcome::retry(
+                    "request-busy",
+                    "another delivery is working on this request",
+                )
+            }
+            Err(e) => return e.into_outcome(),
+        };
+        let provisioned = match self.provision(request_id, &request, &me, &before).await {
+            Ok(()) => self.store.succeeded(request_id, &me).await,
+            Err(e) => Err(e),
+        };
+        match provisioned {
+            Ok(()) => {
+                Metrics::incr(&self.succeeded);
+                info!(
+                    request_id,
+                    subnets = request.subnets.len(),
+                    "request succeeded"
+                );
+                Outcome::Done
+            }
+            Err(StoreError::LeaseLost) => {
+                Outcome::retry("lease-lost", "another delivery took the request over")
+            }
+            Err(StoreError::Aws(e)) if e.is_retryable() => {
+                self.store.release(request_id, &me).await;
+                Outcome::Retry(fleet::Reason::new(e.code, e.message))
+            }
+            Err(StoreError::Aws(e)) => {
+                let reason = format!("{}: {}", e.code, e.message);
+                warn!(request_id, %reason, "permanent EC2 error; removing what the request created");
+                if let Err(cleanup) = self.remove(request_id).await {
+                    self.store.release(request_id, &me).await;
+                    return Outcome::retry(
+                        "cleanup-failed",
+                        format!("after {reason}, the cleanup failed: {cleanup}"),
+                    );
+                }
+                self.fail(request_id, Some(&me), &reason).await
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The request records in DynamoDB (`vpc-requests`, partition key `request_id`): status,
+//! checkpoints and the lease that lets one delivery at a time work on a request.
+//!
+//! A record: `request_id`, `client` (API key id), `owner` (= client; the `by-owner` index that
+//! lists a client's requests newest first), `created_at`, `updated_at`, `status` (`QUEUED`,
+//! `IN_PROGRESS`, `SUCCEEDED`, `FAILED`), `body_sha256`, `vpc_cidr`, `subnets` (a list of
+//! `{cidr, az, name?, subnet_id?}`), `vpc_id`, `reason`, and while a delivery works on it
+//! `lease_owner` / `lease_until`. Every checkpoint is conditional on still holding the lease.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use fleet::util::now_ms;
+use fleet::{classify, AwsError};
+
+use crate::request::VpcRequest;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The statuses.
+pub mod status {
+    /// Accepted, not started.
+    pub const QUEUED: &str = "QUEUED";
+    /// A delivery is working on it (or crashed while doing so).
+    pub const IN_PROGRESS: &str = "IN_PROGRESS";
+    /// The VPC and every subnet exist.
+    pub const SUCCEEDED: &str = "SUCCEEDED";
+    /// Refused or failed for good; nothing left behind.
+    pub const FAILED: &str = "FAILED";
+}
+
+/// What a record says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Status.
+    pub status: String,
+    /// Hash of the request body.
+    pub body_sha256: String,
+    /// The VPC, once created.
+    pub vpc_id: Option<String>,
+    /// Each subnet's id, once created (by position in the request).
+    pub subnet_ids: Vec<Option<String>>,
+}
+
+impl Record {
+    fn from_item(item: &Item) -> Self {
+        let s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        let subnet_ids = item
+            .get("subnets")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| {
+                l.iter()
+                    .map(|s| {
+                        s.as_m()
+                            .ok()
+                            .and_then(|m| m.get("subnet_id")?.as_s().ok().cloned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            status: s("status").unwrap_or_default(),
+            body_sha256: s("body_sha256").unwrap_or_default(),
+            vpc_id: s("vpc_id"),
+            subnet_ids,
+        }
+    }
+
+    /// Whether the request is finished (SUCCEEDED or FAILED).
+    pub fn finished(&self) -> bool {
+        self.status == status::SUCCEEDED || self.status == status::FAILED
+    }
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// DynamoDB failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// Another delivery took the request over (this one's lease expired).
+    #[error("the lease on the request was lost to another delivery")]
+    LeaseLost,
+}
+
+/// What claiming a request gave.
+#[derive(Debug)]
+pub enum Claim {
+    /// This delivery holds the lease; the record as it was before (a status of `IN_PROGRESS`
+    /// means an earlier delivery may have created resources it did not checkpoint).
+    Owned(Record),
+    /// Another delivery holds an unexpired lease.
+    Busy,
+    /// The request is finished.
+    Finished,
+}
+
+/// Where a new request comes from.
+#[derive(Debug, Clone)]
+pub struct Origin<'a> {
+    /// The caller's API key id.
+    pub client: &'a str,
+    /// When the gateway received it, ms.
+    pub received_at_ms: u64,
+    /// The SQS message.
+    pub message_id: &'a str,
+}
+
+/// The request records.
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    lease: Duration,
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn failed_condition<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+impl Store {
+    /// The records in `table`; a delivery's lease lasts `lease` past its last checkpoint.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String, lease: Duration) -> Self {
+        Self {
+            client,
+            table,
+            lease,
+        }
+    }
+
+    fn key(request_id: &str) -> AttributeValue {
+        s(request_id)
+    }
+
+    fn update(
+        &self,
+        request_id: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("request_id", Self::key(request_id))
+    }
+
+    /// Records a new request as `QUEUED`, or returns the record already there.
+    ///
+    /// # Errors
+    /// The classified DynamoDB error.
+    pub async fn insert(
+        &self,
+        request_id: &str,
+        request: &VpcRequest,
+        body_sha256: &str,
+        origin: &Origin<'_>,
+    ) -> Result<Record, AwsError> {
+        let subnets = request
+            .subnets
+            .iter()
+            .map(|sub| {
+                let mut m = HashMap::from([
+                    ("cidr".to_owned(), s(&sub.cidr)),
+                    ("az".to_owned(), s(&sub.az)),
+                ]);
+                if let Some(name) = &sub.name {
+                    m.insert("name".into(), s(name));
+                }
+                AttributeValue::M(m)
+            })
+            .collect();
+        let now = now_ms();
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("request_id", Self::key(request_id))
+            .item("client", s(origin.client))
+            .item("owner", s(origin.client))
+            .item("created_at", n(origin.received_at_ms))
+            .item("updated_at", n(now))
+            .item("status", s(status::QUEUED))
+            .item("body_sha256", s(body_sha256))
+            .item("vpc_cidr", s(&request.vpc.cidr))
+            .item("subnets", AttributeValue::L(subnets))
+            .item("message_id", s(origin.message_id))
+            .condition_expression("attribute_not_exists(request_id)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(Record {
+                status: status::QUEUED.into(),
+                body_sha256: body_sha256.into(),
+                vpc_id: None,
+                subnet_ids: vec![None; request.subnets.len()],
+            }),
+            Err(err) => match err.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                    Ok(failed.item().map(Record::from_item).unwrap_or_default())
+                }
+                _ => Err(classify(&err)),
+            },
+        }
+    }
+
+    /// Records a replay with another body under the same request id, beside the request
+    /// (`{request_id}.conflict.{message_id}`, `FAILED` with the reason, readable by the same
+    /// client, not listed); the request itself is untouched.
+    ///
+    /// # Errors
+    /// The classified DynamoDB error.
+    pub async fn conflict(
+        &self,
+        request_id: &str,
+        origin: &Origin<'_>,
+        reason: &str,
+    ) -> Result<String, AwsError> {
+        let id = format!("{request_id}.conflict.{}", origin.message_id);
+        let now = now_ms();
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("request_id", s(&id))
+            .item("client", s(origin.client))
+            .item("created_at", n(origin.received_at_ms))
+            .item("updated_at", n(now))
+            .item("status", s(status::FAILED))
+            .item("reason", s(reason))
+            .item("subnets", AttributeValue::L(Vec::new()))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(id)
+    }
+
+    /// Takes the lease for `owner` (a delivery) if nobody holds an unexpired one, and marks the
+    /// request `IN_PROGRESS`.
+    ///
+    /// # Errors
+    /// The classified DynamoDB error.
+    pub async fn claim(&self, request_id: &str, owner: &str) -> Result<Claim, AwsError> {
+        let now = now_ms();
+        let out = self
+            .update(request_id)
+            .update_expression(
+                "SET #status = :progress, lease_owner = :me, lease_until = :until, \
+                 started_at = if_not_exists(started_at, :now), updated_at = :now",
+            )
+            .condition_expression(
+                "#status IN (:queued, :progress) AND \
+                 (attribute_not_exists(lease_until) OR lease_until < :now OR lease_owner = :me)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":progress", s(status::IN_PROGRESS))
+            .expression_attribute_values(":queued", s(status::QUEUED))
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":until", n(now + self.lease.as_millis() as u64))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(Claim::Owned(
+                out.attributes
+                    .as_ref()
+                    .map(Record::from_item)
+                    .unwrap_or_default(),
+            )),
+            Err(err) if failed_condition(&err) => {
+                let record = self.get(request_id).await?;
+                Ok(if record.finished() {
+                    Claim::Finished
+                } else {
+                    Claim::Busy
+                })
+            }
+            Err(err) => Err(classify(&err)),
+        }
+    }
+
+    async fn get(&self, request_id: &str) -> Result<Record, AwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("request_id", Self::key(request_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.item.as_ref().map(Record::from_item).unwrap_or_default())
+    }
+
+    /// An update made only while `owner` holds the lease, which it extends.
+    async fn owned_update(
+        &self,
+        request_id: &str,
+        owner: &str,
+        set: &str,
+        remove: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut update = self
+            .update(request_id)
+            .update_expression(format!(
+                "SET {set}, updated_at = :now, lease_until = :until {remove}"
+            ))
+            .condition_expression("lease_owner = :me")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":until", n(now + self.lease.as_millis() as u64));
+        if set.contains("#status") {
+            update = update.expression_attribute_names("#status", "status");
+        }
+        for (name, value) in values {
+            update = update.expression_attribute_values(name, value);
+        }
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(err) if failed_condition(&err) => Err(StoreError::LeaseLost),
+            Err(err) => Err(StoreError::Aws(classify(&err))),
+        }
+    }
+
+    /// Checkpoints the VPC id.
+    ///
+    /// # Errors
+    /// A lost lease, or the classified DynamoDB error.
+    pub async fn vpc_created(
+        &self,
+        request_id: &str,
+        owner: &str,
+        vpc_id: &str,
+    ) -> Result<(), StoreError> {
+        self.owned_update(
+            request_id,
+            owner,
+            "vpc_id = :vpc",
+            "",
+            vec![(":vpc", s(vpc_id))],
+        )
+        .await
+    }
+
+    /// Checkpoints subnet `index`'s id.
+    ///
+    /// # Errors
+    /// A lost lease, or the classified DynamoDB error.
+    pub async fn subnet_created(
+        &self,
+        request_id: &str,
+        owner: &str,
+        index: usize,
+        subnet_id: &str,
+    ) -> Result<(), StoreError> {
+        self.owned_update(
+            request_id,
+            owner,
+            &format!("subnets[{index}].subnet_id = :subnet"),
+            "",
+            vec![(":subnet", s(subnet_id))],
+        )
+        .await
+    }
+
+    /// Marks the request `SUCCEEDED` and ends the lease.
+    ///
+    /// # Errors
+    /// A lost lease, or the classified DynamoDB error.
+    pub async fn succeeded(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
+        self.owned_update(
+            request_id,
+            owner,
+            "#status = :done, finished_at = :now",
+            "REMOVE lease_owner",
+            vec![(":done", s(status::SUCCEEDED))],
+        )
+        .await
+    }
+
+    /// Marks the request `FAILED` with `reason`: while `owner` holds the lease, or, without
+    /// an owner, while nobody has started it.
+    ///
+    /// # Errors
+    /// A lost lease (or a request started meanwhile), or the classified DynamoDB error.
+    pub async fn failed(
+        &self,
+        request_id: &str,
+        owner: Option<&str>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut update = self
+            .update(request_id)
+            .update_expression(
+                "SET #status = :failed, reason = :reason, updated_at = :now, finished_at = :now \
+                 REMOVE lease_owner, lease_until",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":failed", s(status::FAILED))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":now", n(now));
+        update = match owner {
+            Some(me) => update
+                .condition_expression("lease_owner = :me")
+                .expression_attribute_values(":me", s(me)),
+            None => update
+                .condition_expression("#status = :queued")
+                .expression_attribute_values(":queued", s(status::QUEUED)),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(err) if failed_condition(&err) => Err(StoreError::LeaseLost),
+            Err(err) => Err(StoreError::Aws(classify(&err))),
+        }
+    }
+
+    /// Gives the lease up (before a retry), so that the next delivery need not wait for it to
+    /// expire. Best effort.
+    pub async fn release(&self, request_id: &str, owner: &str) {
+        let released = self
+            .update(request_id)
+            .update_expression("REMOVE lease_owner, lease_until")
+            .condition_expression("lease_owner = :me")
+            .expression_attribute_values(":me", s(owner))
+            .send()
+            .await;
+        if let Err(err) = released {
+            if !failed_condition(&err) {
+                tracing::warn!(error = %classify(&err), "cannot release the lease; it expires by itself");
+            }
+        }
+    }
+}
