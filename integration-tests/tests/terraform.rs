@@ -235,7 +235,11 @@ fn with_a_user_pool_every_keyed_route_also_requires_a_cognito_jwt() -> Result<()
             }
         }
     }
-    assert_eq!(keyed, 11, "every route that needs a key");
+    let in_document = std::fs::read_to_string(&document)?
+        .matches("- api_key: []")
+        .count();
+    assert!(in_document > 10);
+    assert_eq!(keyed, in_document, "every route that needs a key");
     assert!(public >= 2, "the public posts routes stay public");
     Ok(())
 }
