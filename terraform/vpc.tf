@@ -2,17 +2,22 @@
 # with this project (created with the tag, deleted only when they carry it).
 
 locals {
+  vpc_project_tag = "${var.project}-${var.environment}"
+  # What vpc-worker needs beyond the topology's references (read in workers.tf).
   worker_extra_policies = {
     "vpc-worker" = data.aws_iam_policy_document.vpc_provisioning.json
   }
-  vpc_project_tag = "${var.project}-${var.environment}"
+  worker_extra_environment = {
+    "vpc-worker" = { VPC_PROJECT_TAG = local.vpc_project_tag }
+  }
+  ec2_arn = "arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}"
 }
 
 data "aws_iam_policy_document" "vpc_provisioning" {
   statement {
     sid       = "CreateTaggedForTheProject"
     actions   = ["ec2:CreateVpc", "ec2:CreateSubnet"]
-    resources = ["arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:vpc/*", "arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:subnet/*"]
+    resources = ["${local.ec2_arn}:vpc/*", "${local.ec2_arn}:subnet/*"]
     condition {
       test     = "StringEquals"
       variable = "aws:RequestTag/Project"
@@ -23,7 +28,7 @@ data "aws_iam_policy_document" "vpc_provisioning" {
     # CreateSubnet also names the (already tagged) VPC it goes into.
     sid       = "CreateSubnetsInTheProjectsVpcs"
     actions   = ["ec2:CreateSubnet"]
-    resources = ["arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:vpc/*"]
+    resources = ["${local.ec2_arn}:vpc/*"]
     condition {
       test     = "StringEquals"
       variable = "ec2:ResourceTag/Project"
@@ -33,7 +38,7 @@ data "aws_iam_policy_document" "vpc_provisioning" {
   statement {
     sid       = "TagOnCreate"
     actions   = ["ec2:CreateTags"]
-    resources = ["arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:*/*"]
+    resources = ["${local.ec2_arn}:*/*"]
     condition {
       test     = "StringEquals"
       variable = "ec2:CreateAction"
@@ -43,7 +48,7 @@ data "aws_iam_policy_document" "vpc_provisioning" {
   statement {
     sid       = "RemoveOnlyTheProjects"
     actions   = ["ec2:DeleteVpc", "ec2:DeleteSubnet"]
-    resources = ["arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:*/*"]
+    resources = ["${local.ec2_arn}:*/*"]
     condition {
       test     = "StringEquals"
       variable = "ec2:ResourceTag/Project"

@@ -9,7 +9,8 @@ locals {
       grace   = w.shutdown_grace_secs
       # The topology's env, with "queue:x" (URL) / "table:x" (name) / "topic:x" (ARN) /
       # "bucket:x" (name) resolved and other values literal, plus its in-process scaling and
-      # the deployment's own overrides (var.worker_overrides[...].environment).
+      # what a worker needs from this configuration (local.worker_extra_environment), and the
+      # deployment's own overrides (var.worker_overrides[...].environment).
       environment = merge(
         {
           for k, ref in w.env : k => (
@@ -22,7 +23,7 @@ locals {
           FLEET_TARGET_BACKLOG_PER_UNIT  = tostring(w.scaling.target_backlog_per_unit)
           FLEET_SCALE_DOWN_COOLDOWN_SECS = tostring(w.scaling.scale_down_cooldown_secs)
         },
-        name == "vpc-worker" ? { VPC_PROJECT_TAG = local.vpc_project_tag } : {},
+        lookup(local.worker_extra_environment, name, {}),
         coalesce(try(var.worker_overrides[name].environment, null), {}),
       )
       tables    = [for ref in values(w.env) : module.table[split(":", ref)[1]].arn if startswith(ref, "table:")]

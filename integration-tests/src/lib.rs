@@ -190,6 +190,17 @@ impl Stack {
         env
     }
 
+    /// [`Self::worker_env`] with some variables set or replaced.
+    pub fn worker_env_with(&self, worker: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut env = self.worker_env(worker);
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        env
+    }
+
     /// A request to the API, with the stack's API key.
     pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
@@ -663,6 +674,36 @@ impl Drop for Proxy {
     }
 }
 
+/// Reads one HTTP/1.1 request (head, then a `content-length` body): its bytes and where the
+/// body starts; `None` when the peer closes first.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(Vec<u8>, usize)> {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while request.len() < head_end + length {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some((request, head_end))
+}
+
 /// An HTTP proxy to LocalStack for AWS query-protocol calls (EC2) that answers the `nth` call
 /// of one action (1 for the first) with an EC2 error instead of forwarding it: a permanent
 /// failure where the test wants it, seen by the worker exactly as EC2 would send it. Every
@@ -689,29 +730,9 @@ impl FaultProxy {
                 let (target, marker, code, seen) =
                     (target.clone(), marker.clone(), code.clone(), seen.clone());
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 16 * 1024];
-                    let head_end = loop {
-                        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match client.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
+                    let Some((request, head_end)) = read_request(&mut client).await else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    while request.len() < head_end + length {
-                        match client.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
                     let body = String::from_utf8_lossy(&request[head_end..]);
                     if body.contains(&marker)
                         && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth
@@ -794,7 +815,7 @@ pub struct ScriptedHttp {
 
 impl ScriptedHttp {
     pub async fn start(script: Vec<Answer>) -> Result<Self> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -804,14 +825,9 @@ impl ScriptedHttp {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let (seen, script) = (seen.clone(), script.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some((head, _)) = read_request(&mut conn).await else {
+                        return;
+                    };
                     let line = String::from_utf8_lossy(&head)
                         .lines()
                         .next()

@@ -15,13 +15,12 @@ const WORKER: &str = "results-worker";
 
 /// The results-worker's environment with short retry delays (1 s visibility at the least).
 fn env(stack: &Stack, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env = stack.worker_env(WORKER);
-    env.insert("FLEET_RETRY_BASE_MS".into(), "300".into());
-    env.insert("FLEET_RETRY_MAX_SECS".into(), "1".into());
-    for (k, v) in extra {
-        env.insert((*k).into(), (*v).into());
-    }
-    env
+    let short = [
+        ("FLEET_RETRY_BASE_MS", "300"),
+        ("FLEET_RETRY_MAX_SECS", "1"),
+    ];
+    let all: Vec<(&str, &str)> = short.iter().chain(extra).copied().collect();
+    stack.worker_env_with(WORKER, &all)
 }
 
 /// Takes everything the order-results queue holds: (cycle, record id) → result.

@@ -16,16 +16,15 @@ const WORKER: &str = "vpc-worker";
 /// A worker environment with short leases and visibility, so that a crashed delivery is
 /// taken over within seconds.
 fn env(stack: &Stack, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env = stack.worker_env(WORKER);
-    env.insert("FLEET_VISIBILITY_TIMEOUT_SECS".into(), "4".into());
-    env.insert("VPC_LEASE_SECS".into(), "4".into());
-    env.insert("FLEET_RETRY_BASE_MS".into(), "500".into());
-    env.insert("FLEET_RETRY_MAX_SECS".into(), "2".into());
-    env.insert("VPC_PROJECT_TAG".into(), stack.info.prefix.clone());
-    for (k, v) in extra {
-        env.insert((*k).into(), (*v).into());
-    }
-    env
+    let short = [
+        ("FLEET_VISIBILITY_TIMEOUT_SECS", "4"),
+        ("VPC_LEASE_SECS", "4"),
+        ("FLEET_RETRY_BASE_MS", "500"),
+        ("FLEET_RETRY_MAX_SECS", "2"),
+        ("VPC_PROJECT_TAG", stack.info.prefix.as_str()),
+    ];
+    let all: Vec<(&str, &str)> = short.iter().chain(extra).copied().collect();
+    stack.worker_env_with(WORKER, &all)
 }
 
 fn ec2_client(sdk: &aws_config::SdkConfig) -> aws_sdk_ec2::Client {

@@ -328,10 +328,8 @@ impl<S: ResultsSource> CyclesHandler<S> {
             match checkpoint {
                 Ok(_) => {}
                 Err(e)
-                    if matches!(
-                        e.as_service_error(),
-                        Some(UpdateItemError::ConditionalCheckFailedException(_))
-                    ) =>
+                    if e.as_service_error()
+                        .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
                 {
                     // Another delivery of this cycle is ahead of this one: let it finish.
                     warn!(

@@ -120,9 +120,10 @@ impl VpcHandler {
         let vpc_id = match &before.vpc_id {
             Some(id) => id.clone(),
             None => {
-                let found = match resumed {
-                    true => self.ec2.vpcs_of(request_id).await?.into_iter().next(),
-                    false => None,
+                let found = if resumed {
+                    self.ec2.vpcs_of(request_id).await?.into_iter().next()
+                } else {
+                    None
                 };
                 let id = match found {
                     Some(id) => id,
@@ -144,9 +145,10 @@ impl VpcHandler {
             if before.subnet_ids.get(i).is_some_and(Option::is_some) {
                 continue;
             }
-            let found = match resumed {
-                true => self.ec2.subnet_with(&vpc_id, &subnet.cidr).await?,
-                false => None,
+            let found = if resumed {
+                self.ec2.subnet_with(&vpc_id, &subnet.cidr).await?
+            } else {
+                None
             };
             let id = match found {
                 Some(id) => id,

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use fleet::util::now_ms;
 use fleet::{classify, AwsError};
@@ -124,13 +125,10 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn failed_condition<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
+/// Whether an update was refused by its condition (every update here is conditional).
+fn failed_condition<R>(err: &aws_sdk_dynamodb::error::SdkError<UpdateItemError, R>) -> bool {
     err.as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
+        .is_some_and(UpdateItemError::is_conditional_check_failed_exception)
 }
 
 impl Store {
