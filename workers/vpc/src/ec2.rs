@@ -25,15 +25,6 @@ pub struct Ec2 {
     project: String,
 }
 
-/// A subnet found or created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subnet {
-    /// Its id.
-    pub subnet_id: String,
-    /// Its VPC.
-    pub vpc_id: String,
-}
-
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
@@ -201,18 +192,19 @@ impl Ec2 {
         let found = self
             .find_subnets(vec![filter("vpc-id", vpc_id), filter("cidr-block", cidr)])
             .await?;
-        Ok(found.into_iter().next().map(|s| s.subnet_id))
+        Ok(found.into_iter().next())
     }
 
     /// The subnets inside `vpc_id`.
     ///
     /// # Errors
     /// The classified EC2 error.
-    pub async fn subnets_in(&self, vpc_id: &str) -> Result<Vec<Subnet>, AwsError> {
+    pub async fn subnets_in(&self, vpc_id: &str) -> Result<Vec<String>, AwsError> {
         self.find_subnets(vec![filter("vpc-id", vpc_id)]).await
     }
 
-    async fn find_subnets(&self, filters: Vec<Filter>) -> Result<Vec<Subnet>, AwsError> {
+    /// The ids of the subnets matching `filters`.
+    async fn find_subnets(&self, filters: Vec<Filter>) -> Result<Vec<String>, AwsError> {
         self.turn().await;
         let out = self
             .client
@@ -224,12 +216,7 @@ impl Ec2 {
         Ok(out
             .subnets()
             .iter()
-            .filter_map(|s| {
-                Some(Subnet {
-                    subnet_id: s.subnet_id()?.to_owned(),
-                    vpc_id: s.vpc_id()?.to_owned(),
-                })
-            })
+            .filter_map(|s| s.subnet_id().map(str::to_owned))
             .collect())
     }
 
@@ -277,11 +264,11 @@ impl Ec2 {
     ) -> Result<Vec<(&'static str, String)>, AwsError> {
         let mut removed = Vec::new();
         for vpc_id in vpc_ids {
-            for subnet in self.subnets_in(vpc_id).await? {
+            for subnet_id in self.subnets_in(vpc_id).await? {
                 if !dry_run {
-                    self.delete_subnet(&subnet.subnet_id).await?;
+                    self.delete_subnet(&subnet_id).await?;
                 }
-                removed.push(("subnet", subnet.subnet_id));
+                removed.push(("subnet", subnet_id));
             }
             if !dry_run {
                 self.delete_vpc(vpc_id).await?;
