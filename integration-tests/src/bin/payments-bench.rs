@@ -6,6 +6,11 @@
 //! new payment. LocalStack (one Python core) is the ceiling for the drain rate on one machine,
 //! so the worker is judged by its own CPU and memory; LocalStack's CPU is printed beside it.
 //!
+//! It also measures the SDK's own floor: the worker's write (`DynamoStore::insert`, one
+//! conditional PutItem built exactly as the worker builds it) against a local HTTP peer that
+//! answers at once, with nothing to wait for. That is the least CPU one payment's write can
+//! cost through the AWS SDK on this machine, whatever the engine does around it.
+//!
 //! Run with `scripts/bench` (release build); `--help` lists the options.
 
 use std::time::{Duration, Instant};
@@ -29,6 +34,12 @@ struct Args {
     /// Concurrent senders while enqueueing.
     #[arg(long, default_value_t = 4)]
     senders: usize,
+    /// Idle wait before the worker's runtime sleeps on I/O (FLEET_WAKE_COALESCE_MS).
+    #[arg(long, default_value_t = 0)]
+    wake_coalesce_ms: u64,
+    /// PutItem calls for the SDK floor (0 skips it).
+    #[arg(long, default_value_t = 5000)]
+    floor_calls: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -91,6 +102,10 @@ async fn main() -> Result<()> {
         "FLEET_WORKER_THREADS".into(),
         args.worker_threads.to_string(),
     );
+    env.insert(
+        "FLEET_WAKE_COALESCE_MS".into(),
+        args.wake_coalesce_ms.to_string(),
+    );
     let ls_pid = localstack_pid();
     let ls_cpu_before = ls_pid.and_then(|p| cpu_ms(p).ok());
 
@@ -122,6 +137,19 @@ async fn main() -> Result<()> {
     let totals = worker.totals();
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
     let rows = stack.count_rows(stack.table("payments")).await?;
+    let floor = if args.floor_calls > 0 {
+        eprintln!("measuring the SDK floor ({} PutItems)", args.floor_calls);
+        let (calls, in_flight) = (args.floor_calls, args.max_in_flight as usize);
+        // A thread of its own: its CPU is the floor's alone, and it runs its own runtime.
+        let measured = std::thread::spawn(move || floor::put_item_cpu_us(calls, in_flight));
+        Some(
+            measured
+                .join()
+                .map_err(|_| anyhow::anyhow!("the floor panicked"))??,
+        )
+    } else {
+        None
+    };
 
     let report = serde_json::json!({
         "n": args.n,
@@ -136,7 +164,9 @@ async fn main() -> Result<()> {
         "duplicates": get("duplicates"),
         "dead_lettered": get("dead_lettered"),
         "localstack_cpu_ms_per_msg": ls_cpu.map(|c| (c as f64 / args.n as f64 * 100.0).round() / 100.0),
+        "sdk_floor_cpu_us_per_put_item": floor.map(|us| (us * 10.0).round() / 10.0),
         "max_in_flight": args.max_in_flight,
+        "wake_coalesce_ms": args.wake_coalesce_ms,
         "worker_threads": args.worker_threads,
         "connection": "keep-alive (the worker sends Connection: keep-alive on plain HTTP; LocalStack behind hypercorn)",
     });
@@ -152,4 +182,132 @@ async fn main() -> Result<()> {
         bail!("{rows} rows stored for {} payments", args.n);
     }
     Ok(())
+}
+
+/// The SDK floor: the worker's own write against a peer that costs nothing.
+mod floor {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+
+    use anyhow::{Context, Result};
+    use payments_worker::payment::Payment;
+    use payments_worker::store::{DynamoStore, PaymentStore, Provenance};
+
+    /// CPU (user + system) of this thread, in ms, from /proc/thread-self/stat.
+    fn thread_cpu_ms() -> Result<f64> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+        let fields: Vec<&str> = stat[stat.rfind(')').context("stat format")? + 2..]
+            .split_whitespace()
+            .collect();
+        Ok((fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) * 10.0)
+    }
+
+    /// Answers every request on a kept-alive connection at once with DynamoDB's `{}` (what a
+    /// successful PutItem returns), one thread per connection, until the process ends.
+    fn serve(listener: TcpListener) {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || answer_all(conn));
+        }
+    }
+
+    fn answer_all(mut conn: TcpStream) {
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-requestid: floor\r\ncontent-length: 2\r\n\r\n{}";
+        let _ = conn.set_nodelay(true);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut have = 0;
+        loop {
+            match conn.read(&mut buf[have..]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+            // Answer each complete request (head, then content-length bytes) in the buffer.
+            while let Some(head_end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let end = head_end + 4 + length;
+                if have < end {
+                    break;
+                }
+                if conn.write_all(ANSWER).is_err() {
+                    return;
+                }
+                buf.copy_within(end..have, 0);
+                have -= end;
+            }
+            if have == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+    }
+
+    /// Runs `calls` inserts, `in_flight` at a time, on a single-threaded runtime (as the
+    /// worker does) and returns this thread's CPU per call in µs. The peer's own work runs on
+    /// other threads; the kernel's loopback delivery is charged to the sender, as it is with
+    /// LocalStack.
+    pub(crate) fn put_item_cpu_us(calls: usize, in_flight: usize) -> Result<f64> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        std::thread::spawn(move || serve(listener));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let sdk = fleet::aws::load_config()
+                .await
+                .to_builder()
+                .endpoint_url(url)
+                .build();
+            let metrics = fleet::Metrics::new();
+            let store = Arc::new(DynamoStore::new(
+                fleet::dynamodb::client(&sdk),
+                "floor".into(),
+                &metrics,
+            ));
+            let payments: Vec<Payment> = integration_tests::payments("floor", calls)
+                .into_iter()
+                .map(|(id, body)| Payment::parse(&id, &body))
+                .collect::<Result<_, _>>()?;
+            let write = |payment: Payment| {
+                let store = store.clone();
+                async move {
+                    let provenance = Provenance {
+                        request_id: Some("floor-request".into()),
+                        api_key_id: Some("floor-key".into()),
+                        received_at_ms: Some(fleet::util::now_ms()),
+                        message_id: payment.payment_id.clone(),
+                    };
+                    let hash = payment.payload_hash();
+                    store.insert(&payment, &hash, &provenance).await
+                }
+            };
+            // Warm up: connections, credentials, the allocator.
+            for payment in payments.iter().take(in_flight).cloned() {
+                write(payment).await?;
+            }
+            let before = thread_cpu_ms()?;
+            let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
+            let mut tasks = tokio::task::JoinSet::new();
+            for payment in payments {
+                let permit = permits.clone().acquire_owned().await?;
+                let write = write(payment);
+                tasks.spawn(async move {
+                    let written = write.await;
+                    drop(permit);
+                    written
+                });
+                while let Some(done) = tasks.try_join_next() {
+                    done??;
+                }
+            }
+            while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            Ok((thread_cpu_ms()? - before) * 1000.0 / calls as f64)
+        })
+    }
 }
