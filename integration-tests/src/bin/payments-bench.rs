@@ -257,17 +257,17 @@ mod floor {
             .enable_all()
             .build()?;
         runtime.block_on(async move {
-            let sdk = fleet::aws::load_config()
-                .await
-                .to_builder()
-                .endpoint_url(url)
-                .build();
+            // The worker's client (`fleet::dynamodb::client`), pointed at the peer: the
+            // endpoint is set on the service's builder, where AWS_ENDPOINT_URL cannot win.
+            let sdk = fleet::aws::load_config().await;
+            let client = aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(&sdk)
+                    .endpoint_url(url)
+                    .interceptor(fleet::aws::KeepAliveOnPlainHttp)
+                    .build(),
+            );
             let metrics = fleet::Metrics::new();
-            let store = Arc::new(DynamoStore::new(
-                fleet::dynamodb::client(&sdk),
-                "floor".into(),
-                &metrics,
-            ));
+            let store = Arc::new(DynamoStore::new(client, "floor".into(), &metrics));
             let payments: Vec<Payment> = integration_tests::payments("floor", calls)
                 .into_iter()
                 .map(|(id, body)| Payment::parse(&id, &body))
