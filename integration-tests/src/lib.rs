@@ -676,7 +676,7 @@ impl Drop for Proxy {
 
 /// Reads one HTTP/1.1 request (head, then a `content-length` body): its bytes and where the
 /// body starts; `None` when the peer closes first.
-async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(Vec<u8>, usize)> {
+pub async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(Vec<u8>, usize)> {
     use tokio::io::AsyncReadExt;
     let mut request = Vec::new();
     let mut buf = [0u8; 16 * 1024];

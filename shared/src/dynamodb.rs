@@ -8,11 +8,12 @@ use crate::aws::KeepAliveOnPlainHttp;
 
 /// A DynamoDB client from the shared configuration, with keep-alive on plain HTTP (LocalStack).
 pub fn client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(sdk)
-            .interceptor(KeepAliveOnPlainHttp)
-            .build(),
-    )
+    aws_sdk_dynamodb::Client::from_conf(config(sdk).build())
+}
+
+/// The configuration [`client`] is built from, for callers that change one setting of it.
+pub fn config(sdk: &SdkConfig) -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(KeepAliveOnPlainHttp)
 }
 
 /// The code of each reason a `TransactWriteItems` was cancelled, in the order of its items

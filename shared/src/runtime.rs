@@ -11,8 +11,9 @@
 //! here, that costs about three times the CPU of the same call handled among others. With
 //! `FLEET_WAKE_COALESCE_MS` set, a runtime thread that has nothing left to do waits that long
 //! before it sleeps on I/O, so that the answers arriving meanwhile are handled together. It
-//! adds at most that much latency to each step of a message (receive, handler calls, delete)
-//! and costs no throughput while enough messages are in flight to keep the other side busy.
+//! adds at most that much latency to each step of a message (receive, handler calls, delete),
+//! and so costs throughput where the pool in flight is what keeps the other side busy
+//! (measured: 30 ms took 540 → 400 CPU-ms per 1000 payments and 135 → 122 messages/s).
 
 use std::time::Duration;
 

@@ -47,7 +47,12 @@ struct Args {
 
 /// utime + stime of a process, in ms (from /proc/PID/stat; clock ticks are 100 Hz on Linux).
 fn cpu_ms(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_cpu_ms(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime in ms from a `stat` file of /proc (a process's or a thread's).
+fn stat_cpu_ms(path: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(path)?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let fields: Vec<&str> = stat[stat.rfind(')').context("stat format")? + 2..]
         .split_whitespace()
@@ -186,63 +191,43 @@ async fn main() -> Result<()> {
 
 /// The SDK floor: the worker's own write against a peer that costs nothing.
 mod floor {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
 
-    use anyhow::{Context, Result};
+    use anyhow::Result;
     use payments_worker::payment::Payment;
     use payments_worker::store::{DynamoStore, PaymentStore, Provenance};
 
-    /// CPU (user + system) of this thread, in ms, from /proc/thread-self/stat.
+    /// CPU (user + system) of this thread, in ms.
     fn thread_cpu_ms() -> Result<f64> {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-        let fields: Vec<&str> = stat[stat.rfind(')').context("stat format")? + 2..]
-            .split_whitespace()
-            .collect();
-        Ok((fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) * 10.0)
+        Ok(super::stat_cpu_ms("/proc/thread-self/stat")? as f64)
     }
 
-    /// Answers every request on a kept-alive connection at once with DynamoDB's `{}` (what a
-    /// successful PutItem returns), one thread per connection, until the process ends.
-    fn serve(listener: TcpListener) {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || answer_all(conn));
-        }
-    }
-
-    fn answer_all(mut conn: TcpStream) {
+    /// Answers every request at once with DynamoDB's `{}` (what a successful PutItem returns),
+    /// on kept-alive connections, from a thread and runtime of its own until the process ends.
+    fn serve(listener: std::net::TcpListener) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
         const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\nx-amzn-requestid: floor\r\ncontent-length: 2\r\n\r\n{}";
-        let _ = conn.set_nodelay(true);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut have = 0;
-        loop {
-            match conn.read(&mut buf[have..]) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => have += n,
-            }
-            // Answer each complete request (head, then content-length bytes) in the buffer.
-            while let Some(head_end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                let end = head_end + 4 + length;
-                if have < end {
-                    break;
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let _ = conn.set_nodelay(true);
+                    tokio::spawn(async move {
+                        // The SDK's client sends one request at a time on a connection.
+                        while integration_tests::read_request(&mut conn).await.is_some() {
+                            if conn.write_all(ANSWER).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
                 }
-                if conn.write_all(ANSWER).is_err() {
-                    return;
-                }
-                buf.copy_within(end..have, 0);
-                have -= end;
-            }
-            if have == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-        }
+            })
+        });
+        Ok(())
     }
 
     /// Runs `calls` inserts, `in_flight` at a time, on a single-threaded runtime (as the
@@ -250,21 +235,18 @@ mod floor {
     /// other threads; the kernel's loopback delivery is charged to the sender, as it is with
     /// LocalStack.
     pub(crate) fn put_item_cpu_us(calls: usize, in_flight: usize) -> Result<f64> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let url = format!("http://{}", listener.local_addr()?);
-        std::thread::spawn(move || serve(listener));
+        serve(listener)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         runtime.block_on(async move {
-            // The worker's client (`fleet::dynamodb::client`), pointed at the peer: the
-            // endpoint is set on the service's builder, where AWS_ENDPOINT_URL cannot win.
+            // The worker's client configuration, pointed at the peer: the endpoint is set on
+            // the service's builder, where AWS_ENDPOINT_URL cannot win.
             let sdk = fleet::aws::load_config().await;
             let client = aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(&sdk)
-                    .endpoint_url(url)
-                    .interceptor(fleet::aws::KeepAliveOnPlainHttp)
-                    .build(),
+                fleet::dynamodb::config(&sdk).endpoint_url(url).build(),
             );
             let metrics = fleet::Metrics::new();
             let store = Arc::new(DynamoStore::new(client, "floor".into(), &metrics));
