@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     SendMessageBatchRequestEntry,
 };
-use fleet::engine::dlq_attributes as attr;
+use fleet::dlq::names as attr;
 use governor::{Quota, RateLimiter};
 use serde_json::{json, Value};
 
@@ -187,34 +187,13 @@ pub(crate) struct Summary {
     pub(crate) seconds: f64,
 }
 
-/// The attributes a message had before it was dead-lettered.
+/// The attributes a message had before it was dead-lettered (see [`fleet::dlq`]), without the
+/// engine's own bookkeeping: a redriven message starts afresh.
 fn original_attributes(m: &Message) -> HashMap<String, MessageAttributeValue> {
-    let attrs = m.message_attributes().cloned().unwrap_or_default();
-    let mut out: HashMap<String, MessageAttributeValue> = attrs
-        .iter()
-        .filter(|(k, _)| !k.starts_with("fleet."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let folded = attrs
-        .get(attr::ORIGINAL_ATTRIBUTES)
-        .and_then(|v| v.string_value())
-        .and_then(|s| serde_json::from_str::<HashMap<String, Value>>(s).ok())
-        .unwrap_or_default();
-    for (name, value) in folded {
-        let (Some(data_type), Some(text)) =
-            (value["data_type"].as_str(), value["string_value"].as_str())
-        else {
-            continue;
-        };
-        if let Ok(v) = MessageAttributeValue::builder()
-            .data_type(data_type)
-            .string_value(text)
-            .build()
-        {
-            out.insert(name, v);
-        }
-    }
-    out
+    let mut attributes =
+        fleet::dlq::restore_originals(m.message_attributes().cloned().unwrap_or_default());
+    attributes.retain(|name, _| !name.starts_with(fleet::dlq::PREFIX));
+    attributes
 }
 
 /// `dlq redrive`: moves messages back to where they came from.

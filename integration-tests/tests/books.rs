@@ -549,3 +549,114 @@ async fn bad_requests_are_refused_at_the_gateway_and_a_bad_check_digit_by_the_wo
     worker.terminate(Duration::from_secs(30)).await?;
     Ok(())
 }
+
+/// Sends a dead-lettered copy back to its source queue exactly as it is (body, every
+/// attribute, its group), which is what SQS's own move task (`fleetctl dlq redrive` without
+/// `--method`, or `aws sqs start-message-move-task`) and a console redrive do; then deletes it
+/// from the DLQ.
+async fn redrive_as_a_move_task_does(
+    stack: &Stack,
+    queue: &integration_tests::Queue,
+    copy: &aws_sdk_sqs::types::Message,
+) -> Result<()> {
+    let group = copy
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId))
+        .cloned();
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&queue.url)
+        .message_body(copy.body().unwrap_or_default())
+        .set_message_attributes(copy.message_attributes().cloned())
+        .set_message_group_id(group)
+        .message_deduplication_id(format!("moved-{:08x}", fastrand::u32(..)))
+        .send()
+        .await?;
+    stack
+        .sqs
+        .delete_message()
+        .queue_url(&queue.dlq_url)
+        .receipt_handle(copy.receipt_handle().context("receipt")?)
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// Runs books-worker with DynamoDB unreachable until the queue's one message is dead-lettered
+/// (retries exhausted), and returns that copy.
+async fn dead_letter_through_an_outage(
+    stack: &Stack,
+    queue: &integration_tests::Queue,
+) -> Result<aws_sdk_sqs::types::Message> {
+    let down = integration_tests::Proxy::reserve(Duration::ZERO).await?;
+    let env = stack.worker_env_with(
+        WORKER,
+        &[
+            ("AWS_ENDPOINT_URL_DYNAMODB", &down.url()),
+            ("AWS_MAX_ATTEMPTS", "1"),
+            ("FLEET_RETRY_BASE_MS", "100"),
+            ("FLEET_RETRY_MAX_SECS", "1"),
+            ("FLEET_BREAKER_THRESHOLD", "0"),
+            // A long poll left open at exit would take the redriven copy to a dead process.
+            ("FLEET_WAIT_TIME_SECS", "1"),
+        ],
+    );
+    let worker = Worker::spawn(WORKER, &env)?;
+    let dead = stack
+        .wait_for_messages(&queue.dlq_url, "the command dead-lettered")
+        .await
+        .with_context(|| worker.stderr_text())?;
+    let (_, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        stack.depth(&queue.url).await?,
+        0,
+        "the original is gone from the queue: {}",
+        worker.stderr_text()
+    );
+    Ok(dead.into_iter().next().expect("one"))
+}
+
+#[tokio::test]
+async fn a_command_dead_lettered_twice_and_moved_back_as_is_is_applied() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    let queue = stack.queue("books-commands").clone();
+    let (id, request) = api
+        .create(&book("The Cyberiad", "Stanislaw Lem"), None)
+        .await?;
+
+    // Twice through the DLQ, each time brought back the way SQS's move task does.
+    for round in 1..=2 {
+        let copy = dead_letter_through_an_outage(&stack, &queue).await?;
+        let attrs = copy.message_attributes().context("attributes")?;
+        assert_eq!(
+            attrs["fleet.error.kind"].string_value(),
+            Some("retries-exhausted"),
+            "round {round}: {attrs:?}"
+        );
+        let folded = attrs
+            .get("fleet.original-attributes")
+            .and_then(|a| a.string_value())
+            .with_context(|| format!("round {round}: the originals are kept: {attrs:?}"))?;
+        let folded: Value = serde_json::from_str(folded)?;
+        for name in ["command", "bookId", "requestId", "apiKeyId", "receivedAt"] {
+            assert!(
+                folded.get(name).is_some(),
+                "round {round}: {name} kept in {folded}"
+            );
+        }
+        redrive_as_a_move_task_does(&stack, &queue, &copy).await?;
+    }
+
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    assert_eq!(api.decision(&id, &request).await?["status"], "APPLIED");
+    let (status, stored) = api.get(&id).await?;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["title"], "The Cyberiad");
+    worker.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(stack.depth(&queue.dlq_url).await?, 0, "nothing left behind");
+    Ok(())
+}

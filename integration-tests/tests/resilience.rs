@@ -185,3 +185,87 @@ async fn the_health_check_passes_while_the_worker_makes_progress_and_fails_after
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// Runs payments-worker on the payments queue as provisioned (maxReceiveCount 3) while
+/// DynamoDB is unreachable for `outage`, far longer than the whole retry schedule (1 s, then
+/// 1–2 s), then brings it back. Returns (stored, dead-lettered, the worker's totals).
+async fn drain_through_an_outage(
+    n: usize,
+    outage: Duration,
+    extra: &[(&str, &str)],
+) -> Result<(usize, u64, HashMap<String, u64>)> {
+    let stack = Stack::provision().await?;
+    let queue = stack.queue("payments").clone();
+    let mut proxy = Proxy::reserve(Duration::ZERO).await?;
+    let mut env = stack.worker_env_with(
+        WORKER,
+        &[
+            ("AWS_ENDPOINT_URL_DYNAMODB", &proxy.url()),
+            ("AWS_MAX_ATTEMPTS", "1"),
+            ("FLEET_RETRY_BASE_MS", "1000"),
+            ("FLEET_RETRY_MAX_SECS", "2"),
+            ("FLEET_BREAKER_MAX_OPEN_SECS", "4"),
+        ],
+    );
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    stack
+        .send_payments(&queue.url, &payments("outage", n))
+        .await?;
+    let worker = Worker::spawn(WORKER, &env)?;
+    worker
+        .wait_for_total("retried", 5, Duration::from_secs(60))
+        .await?;
+    tokio::time::sleep(outage).await;
+    assert_eq!(stack.count_rows(stack.table("payments")).await?, 0);
+    proxy.start().await?; // DynamoDB is back
+    let table = stack.table("payments").to_owned();
+    eventually(Duration::from_secs(90), "the queue drained", || async {
+        Ok((stack.depth(&queue.url).await? == 0).then_some(()))
+    })
+    .await?;
+    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(code, Some(0), "{}", worker.stderr_text());
+    let stored = stack.count_rows(&table).await?;
+    let dead = stack.depth(&queue.dlq_url).await?;
+    assert_eq!(
+        stored as u64 + dead,
+        n as u64,
+        "every payment stored or dead-lettered"
+    );
+    Ok((stored, dead, worker.totals()))
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_the_retry_schedule_dead_letters_nothing() -> Result<()> {
+    const N: usize = 200;
+    let (stored, dead, totals) = drain_through_an_outage(N, Duration::from_secs(25), &[]).await?;
+    assert_eq!(dead, 0, "nothing dead-lettered by the outage: {totals:?}");
+    assert_eq!(stored, N, "{totals:?}");
+    assert!(
+        totals.get("breaker_opened").copied().unwrap_or(0) >= 1,
+        "{totals:?}"
+    );
+    assert!(
+        totals["received"] < 3 * N as u64,
+        "the breaker saved receives: {totals:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_outage_without_the_breaker_dead_letters() -> Result<()> {
+    // The control: the breaker off, and the test above would fail.
+    const N: usize = 200;
+    let (_, dead, totals) = drain_through_an_outage(
+        N,
+        Duration::from_secs(25),
+        &[("FLEET_BREAKER_THRESHOLD", "0")],
+    )
+    .await?;
+    assert!(dead > 0, "{totals:?}");
+    Ok(())
+}

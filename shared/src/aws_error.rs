@@ -61,10 +61,9 @@ impl AwsError {
 
     /// The engine outcome for a handler that failed with this error.
     pub fn into_outcome(self) -> Outcome {
-        let reason = Reason::new(self.code, self.message);
         match self.class {
-            ErrorClass::Retryable => Outcome::Retry(reason),
-            ErrorClass::Permanent => Outcome::Permanent(reason),
+            ErrorClass::Retryable => Outcome::Retry(Reason::dependency(self.code, self.message)),
+            ErrorClass::Permanent => Outcome::Permanent(Reason::new(self.code, self.message)),
         }
     }
 }
@@ -176,7 +175,8 @@ mod tests {
         };
         assert_eq!(
             err.into_outcome(),
-            Outcome::retry("ThrottlingException", "slow down")
+            Outcome::unavailable("ThrottlingException", "slow down"),
+            "a retryable AWS error blames the dependency (the breaker counts it)"
         );
         let err = AwsError {
             class: ErrorClass::Permanent,

@@ -19,6 +19,17 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 40;
 pub const DEFAULT_MIN_CONCURRENCY: u32 = 10;
 /// Default grace period on shutdown: under ECS's default 30 s stop timeout.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+/// Default first retry delay: with `maxReceiveCount` 3 a message's receives then span
+/// 1.5–3 minutes (30–60 s, then 60–120 s), not seconds.
+pub const DEFAULT_RETRY_BASE_MS: u64 = 60_000;
+/// Default dependency failures in a row that open the circuit breaker.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// How long the breaker first stays open before it probes.
+pub const BREAKER_FIRST_OPEN: Duration = Duration::from_secs(1);
+/// Default longest pause between two probes: a recovery is noticed within this.
+pub const DEFAULT_BREAKER_MAX_OPEN_SECS: u64 = 20;
+/// Default longest outage a message is kept going round for (1 day; queues keep 4).
+pub const DEFAULT_OUTAGE_MAX_SECS: u64 = 86_400;
 
 /// How the engine consumes one queue.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,13 +85,31 @@ pub struct EngineConfig {
           value_parser = clap::value_parser!(u32).range(1..=43_200))]
     pub visibility_timeout_secs: Option<u32>,
 
-    /// First retry delay after a transient failure, in milliseconds; doubles per receive.
-    #[arg(long, env = "FLEET_RETRY_BASE_MS", default_value_t = 2_000)]
+    /// First retry delay after a transient failure, in milliseconds; doubles per receive
+    /// (jittered between half and all of it).
+    #[arg(long, env = "FLEET_RETRY_BASE_MS", default_value_t = DEFAULT_RETRY_BASE_MS)]
     pub retry_base_ms: u64,
 
     /// Longest retry delay, in seconds (SQS caps visibility at 43200).
     #[arg(long, env = "FLEET_RETRY_MAX_SECS", default_value_t = 900)]
     pub retry_max_secs: u64,
+
+    /// Circuit breaker: dependency failures in a row (throttling, timeouts, 5xx, refused
+    /// connections; no success between) after which the worker stops receiving and probes with
+    /// one message at a growing interval. 0 turns the breaker off.
+    #[arg(long, env = "FLEET_BREAKER_THRESHOLD", default_value_t = DEFAULT_BREAKER_THRESHOLD)]
+    pub breaker_threshold: u32,
+
+    /// Circuit breaker: the longest pause between two probes, in seconds (the first is 1 s,
+    /// doubling); a recovered dependency is back at full rate within about this.
+    #[arg(long, env = "FLEET_BREAKER_MAX_OPEN_SECS", default_value_t = DEFAULT_BREAKER_MAX_OPEN_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub breaker_max_open_secs: u64,
+
+    /// During an outage, a message whose last receive fails is put back as a fresh copy
+    /// instead of being dead-lettered, for at most this many seconds of outage (standard queues).
+    #[arg(long, env = "FLEET_OUTAGE_MAX_SECS", default_value_t = DEFAULT_OUTAGE_MAX_SECS)]
+    pub outage_max_secs: u64,
 
     /// On SIGTERM or Ctrl-C: how long in-flight messages may take to finish, in seconds, before
     /// the rest are handed back to the queue (visibility 0).
@@ -126,7 +155,10 @@ impl EngineConfig {
             scale_down_cooldown_secs: 60,
             wait_time_secs: SQS_MAX_WAIT_SECS,
             visibility_timeout_secs: None,
-            retry_base_ms: 2_000,
+            retry_base_ms: DEFAULT_RETRY_BASE_MS,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_max_open_secs: DEFAULT_BREAKER_MAX_OPEN_SECS,
+            outage_max_secs: DEFAULT_OUTAGE_MAX_SECS,
             retry_max_secs: 900,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             delete_linger_ms: 50,
@@ -145,6 +177,16 @@ impl EngineConfig {
             target_backlog_per_unit: self.target_backlog_per_unit,
             processes: self.scaler_processes,
             scale_down_cooldown: Duration::from_secs(self.scale_down_cooldown_secs),
+        }
+    }
+
+    /// The circuit breaker these settings describe.
+    pub fn breaker_policy(&self) -> crate::engine::BreakerPolicy {
+        crate::engine::BreakerPolicy {
+            threshold: self.breaker_threshold,
+            first_open: BREAKER_FIRST_OPEN,
+            max_open: Duration::from_secs(self.breaker_max_open_secs),
+            max_outage: Duration::from_secs(self.outage_max_secs),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod aws;
 pub mod aws_error;
 pub mod backoff;
 pub mod config;
+pub mod dlq;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod engine;

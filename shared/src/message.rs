@@ -20,7 +20,9 @@ pub struct Message {
     pub receive_count: u32,
     /// When it was first sent, in ms since the epoch (from `SentTimestamp`).
     pub sent_at_ms: Option<u64>,
-    /// Its message attributes, kept whole so that a dead-lettered copy keeps them.
+    /// Its message attributes, kept whole so that a dead-lettered copy keeps them. A copy
+    /// brought back from the DLQ (by any redrive) has its originals restored here and its
+    /// reason dropped (see [`crate::dlq`]).
     pub attributes: HashMap<String, MessageAttributeValue>,
     /// FIFO queues: the message group (messages of one group are handled in order).
     pub group_id: Option<String>,
@@ -43,7 +45,9 @@ impl Message {
             message_id: message.message_id?,
             receipt_handle: message.receipt_handle?,
             body: message.body.unwrap_or_default(),
-            attributes: message.message_attributes.unwrap_or_default(),
+            attributes: crate::dlq::restore_originals(
+                message.message_attributes.unwrap_or_default(),
+            ),
             group_id: system.remove(&MessageSystemAttributeName::MessageGroupId),
             deduplication_id: system.remove(&MessageSystemAttributeName::MessageDeduplicationId),
         })

@@ -38,6 +38,12 @@ pub struct Metrics {
     pub sqs_calls: AtomicU64,
     /// How many messages the process may work on at once right now (set by the engine).
     pub concurrency: AtomicU64,
+    /// 1 while the circuit breaker is open (a dependency is down), else 0.
+    pub breaker_open: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Messages put back on their queue as fresh copies during a dependency outage.
+    pub requeued: AtomicU64,
     /// Handler latencies since the previous metric line.
     pub latency: Histogram,
     /// Counters a worker adds for itself (e.g. DynamoDB writes), by name.
@@ -85,6 +91,8 @@ impl Metrics {
             ("dead_lettered", load(&self.dead_lettered)),
             ("duplicates", load(&self.duplicates)),
             ("held_back", load(&self.held_back)),
+            ("breaker_opened", load(&self.breaker_opened)),
+            ("requeued", load(&self.requeued)),
             ("sqs_calls", load(&self.sqs_calls)),
         ]);
         for (name, counter) in self.custom.lock().expect("metrics lock poisoned").iter() {
@@ -106,6 +114,7 @@ impl Metrics {
         let gauges = Gauges {
             in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
             concurrency: self.concurrency.load(Ordering::Relaxed),
+            breaker_open: self.breaker_open.load(Ordering::Relaxed),
             latency: self.latency.take(),
         };
         emf(worker, queue, &deltas, &gauges, &totals, now_ms())
@@ -201,6 +210,7 @@ impl Histogram {
 struct Gauges {
     in_flight: u64,
     concurrency: u64,
+    breaker_open: u64,
     latency: Percentiles,
 }
 
@@ -227,7 +237,7 @@ fn emf(
             unit: "Count",
         })
         .collect();
-    for name in ["in_flight", "concurrency"] {
+    for name in ["in_flight", "concurrency", "breaker_open"] {
         metrics.push(MetricDef {
             name,
             unit: "Count",
@@ -254,6 +264,7 @@ fn emf(
         "Queue": queue,
         "in_flight": gauges.in_flight,
         "concurrency": gauges.concurrency,
+        "breaker_open": gauges.breaker_open,
         "totals": totals,
     });
     let object = doc.as_object_mut().expect("a JSON object");

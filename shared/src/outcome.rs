@@ -22,6 +22,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A transient failure of a dependency that did not answer (feeds the circuit breaker).
+    pub fn unavailable(kind: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::Retry(Reason::dependency(kind, message))
+    }
+
     /// A transient failure of the given kind.
     pub fn retry(kind: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::Retry(Reason::new(kind, message))
@@ -51,6 +56,10 @@ pub struct Reason {
     pub kind: Cow<'static, str>,
     /// What happened, for a person reading the DLQ.
     pub message: String,
+    /// A dependency (an AWS service, an HTTP peer) failed to answer: throttling, a timeout, a
+    /// 5xx, a refused connection. Such failures feed the engine's circuit breaker; a business
+    /// "not yet" (results not ready, a lease held elsewhere) does not.
+    pub dependency: bool,
 }
 
 impl Reason {
@@ -59,6 +68,15 @@ impl Reason {
         Self {
             kind: kind.into(),
             message: message.into(),
+            dependency: false,
+        }
+    }
+
+    /// A reason that blames a dependency that did not answer (see [`Self::dependency`]).
+    pub fn dependency(kind: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self {
+            dependency: true,
+            ..Self::new(kind, message)
         }
     }
 }

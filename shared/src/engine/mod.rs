@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    MessageSystemAttributeName, QueueAttributeName,
 };
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -36,6 +36,11 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
+
+mod breaker;
+
+pub use breaker::BreakerPolicy;
+use breaker::{Admit, Breaker, Signal};
 
 use crate::aws_error::{classify, AwsError};
 use crate::backoff::RetrySchedule;
@@ -46,32 +51,13 @@ use crate::outcome::{Outcome, Reason};
 use crate::scaler::{Limit, Scaler, ScalerPolicy};
 use crate::util::now_ms;
 
-/// SQS allows at most 10 message attributes per message.
-const SQS_MAX_MESSAGE_ATTRIBUTES: usize = 10;
-/// Reason text kept in a dead-letter attribute, in bytes (the whole message must stay < 256 KiB).
-const MAX_REASON_BYTES: usize = 1024;
 /// How long the receive loop waits for a batch's worth of room once some is free.
 const BATCH_FILL_WAIT: Duration = Duration::from_millis(50);
 /// After the grace period, how long handed-back messages get to reach SQS.
 const HAND_BACK_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Attribute names the engine puts on dead-lettered messages.
-pub mod dlq_attributes {
-    /// Stable error kind, e.g. `invalid-json` (filter redrives on it).
-    pub const KIND: &str = "fleet.error.kind";
-    /// Human-readable reason.
-    pub const MESSAGE: &str = "fleet.error.message";
-    /// Worker that gave up on the message.
-    pub const WORKER: &str = "fleet.worker";
-    /// `ApproximateReceiveCount` when it gave up.
-    pub const RECEIVE_COUNT: &str = "fleet.receive-count";
-    /// When it gave up, ms since the epoch.
-    pub const FAILED_AT: &str = "fleet.failed-at";
-    /// URL of the queue it came from (where a redrive sends it back).
-    pub const SOURCE_QUEUE: &str = "fleet.source-queue";
-    /// The original attributes as JSON, when they did not fit beside the reason (SQS allows 10).
-    pub const ORIGINAL_ATTRIBUTES: &str = "fleet.original-attributes";
-}
+/// The dead-letter attribute names (they live in [`crate::dlq`]).
+pub use crate::dlq::names as dlq_attributes;
 
 /// Errors that stop the engine from starting.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +137,8 @@ struct Shared<H> {
     groups: Mutex<HashMap<String, VecDeque<(Message, OwnedSemaphorePermit)>>>,
     /// When the engine last made progress (for container health checks).
     progress: Arc<crate::health::Progress>,
+    /// Stops receives while the handler's dependency is down (see [`breaker`]).
+    breaker: Breaker,
 }
 
 impl<H: Handler> Engine<H> {
@@ -227,6 +215,7 @@ impl<H: Handler> Engine<H> {
             limit: Limit::new(policy.min),
             groups: Mutex::default(),
             progress: Arc::default(),
+            breaker: Breaker::new(self.config.breaker_policy(), self.metrics.clone()),
             settings,
         });
         let health = self.config.health_file.clone().map(|path| {
@@ -301,12 +290,32 @@ impl<H: Handler> Engine<H> {
                 () = shutdown.cancelled() => break,
                 permit = shared.limit.acquire_batch(batch_size, BATCH_FILL_WAIT) => permit,
             };
+            // While the dependency is down, receive nothing (or one probe).
+            let (max, probe) = match shared.breaker.admit(Instant::now()) {
+                Admit::Full => (batch.num_permits() as u32, false),
+                Admit::Probe => (1, true),
+                Admit::Wait(until) => {
+                    shared.limit.release_many(batch);
+                    // Waiting out an outage is what a healthy worker does now.
+                    shared.progress.mark();
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        () = shared.breaker.changed_or(until) => continue,
+                    }
+                }
+            };
             let received = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 // Ask for no more messages than there are permits for.
-                received = self.receive(shared, batch.num_permits() as u32) => received,
+                received = self.receive(shared, max) => received,
             };
+            if probe {
+                shared
+                    .breaker
+                    .probe_received(received.as_ref().map_or(0, Vec::len));
+            }
             match received {
                 Ok(messages) => {
                     shared.progress.mark();
@@ -591,17 +600,27 @@ async fn settle<H: Handler>(
                 &metrics.duplicates
             };
             Metrics::incr(counter);
+            shared.breaker.record(Signal::Healthy, Instant::now());
             debug!(outcome = outcome.label(), elapsed_ms, "handled");
             // The deleter outlives every task, so the send cannot fail while we run.
             let _ = shared.deletes.send(message.receipt_handle).await;
             Flow::Next
         }
         Outcome::Retry(reason) => {
+            let signal = if reason.dependency {
+                Signal::Down
+            } else {
+                Signal::Neutral
+            };
+            let outage = shared.breaker.record(signal, Instant::now()) && reason.dependency;
             let exhausted = shared
                 .settings
                 .max_receive_count
                 .is_some_and(|max| message.receive_count >= max);
-            if exhausted {
+            if exhausted && outage {
+                // The outage spent its receives, not the message: keep it going.
+                ride_out(shared, message, reason).await
+            } else if exhausted {
                 let reason = Reason::new(
                     "retries-exhausted",
                     format!("{} receives; last error {reason}", message.receive_count),
@@ -611,7 +630,88 @@ async fn settle<H: Handler>(
                 retry_later(shared, &message, &reason).await
             }
         }
-        Outcome::Permanent(reason) => dead_letter(shared, message, reason).await,
+        Outcome::Permanent(reason) => {
+            shared.breaker.record(Signal::Neutral, Instant::now());
+            dead_letter(shared, message, reason).await
+        }
+    }
+}
+
+/// A message on its last receive failed during a dependency outage: rather than let the outage
+/// dead-letter it, put a fresh copy (same body and attributes, a new receive count) back on the
+/// queue after a delay, then delete this one. A crash between the two leaves a duplicate, which
+/// handlers absorb (they are idempotent), never a loss.
+///
+/// Not for FIFO queues (a copy would go to the end of its group, behind later commands), nor
+/// past the policy's `max_outage` (counted from [`crate::dlq::names::OUTAGE_SINCE`]), nor when
+/// the message has no room for that attribute: those are dead-lettered with the reason.
+async fn ride_out<H: Handler>(shared: &Shared<H>, message: Message, reason: Reason) -> Flow {
+    use crate::dlq::{names::OUTAGE_SINCE, SQS_MAX_MESSAGE_ATTRIBUTES};
+    let now = now_ms();
+    let since = message
+        .attribute(OUTAGE_SINCE)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(now);
+    let max_outage = shared.breaker.policy().max_outage;
+    let mut attributes = message.attributes.clone();
+    attributes.insert(OUTAGE_SINCE.to_owned(), crate::dlq::number(since));
+    let refused = if shared.settings.fifo {
+        Some("a FIFO message cannot be put back without losing its place in its group")
+    } else if now.saturating_sub(since) > max_outage.as_millis() as u64 {
+        Some("the outage outlasted FLEET_OUTAGE_MAX_SECS")
+    } else if attributes.len() > SQS_MAX_MESSAGE_ATTRIBUTES {
+        Some("no room for the outage attribute")
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        let reason = Reason::new(
+            "retries-exhausted",
+            format!(
+                "{} receives during a dependency outage ({why}); last error {reason}",
+                message.receive_count
+            ),
+        );
+        return dead_letter(shared, message, reason).await;
+    }
+    // SQS delays a message by at most 15 minutes.
+    let delay = shared
+        .schedule
+        .visibility_secs(message.receive_count, fastrand::f64())
+        .min(900);
+    Metrics::incr(&shared.metrics.sqs_calls);
+    let sent = shared
+        .sqs
+        .send_message()
+        .queue_url(&shared.settings.queue_url)
+        .message_body(&message.body)
+        .set_message_attributes(Some(attributes))
+        .delay_seconds(delay)
+        .send()
+        .await;
+    match sent {
+        Ok(_) => {
+            Metrics::incr(&shared.metrics.requeued);
+            warn!(
+                error_kind = %reason.kind,
+                outage_secs = now.saturating_sub(since) / 1000,
+                back_in_secs = delay,
+                "last receive failed during a dependency outage: a fresh copy goes back on the queue"
+            );
+            let _ = shared.deletes.send(message.receipt_handle).await;
+            Flow::Next
+        }
+        Err(err) => {
+            let err = classify(&err);
+            let reason = Reason::new(
+                "retries-exhausted",
+                format!(
+                    "{} receives during a dependency outage; cannot put it back ({err}); last error {reason}",
+                    message.receive_count
+                ),
+            );
+            dead_letter(shared, message, reason).await
+        }
     }
 }
 
@@ -634,7 +734,7 @@ async fn retry_later<H: Handler>(shared: &Shared<H>, message: &Message, reason: 
 async fn dead_letter<H: Handler>(shared: &Shared<H>, message: Message, reason: Reason) -> Flow {
     error!(error_kind = %reason.kind, error = %reason.message, "permanent failure, dead-lettering");
     Metrics::incr(&shared.metrics.sqs_calls);
-    let attributes = dead_letter_attributes(
+    let attributes = crate::dlq::dead_letter_attributes(
         &message,
         &reason,
         &shared.worker,
@@ -671,79 +771,6 @@ async fn dead_letter<H: Handler>(shared: &Shared<H>, message: Message, reason: R
             .await
         }
     }
-}
-
-/// The attributes of a dead-lettered copy: the original ones, plus the reason. When both do
-/// not fit in SQS's 10, the originals are folded into one JSON attribute.
-pub fn dead_letter_attributes(
-    message: &Message,
-    reason: &Reason,
-    worker: &str,
-    source_queue: &str,
-    now_ms: u64,
-) -> HashMap<String, MessageAttributeValue> {
-    use dlq_attributes as a;
-    let string = |v: &str| {
-        MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(v)
-            .build()
-            .expect("data type is set")
-    };
-    let number = |v: u64| {
-        MessageAttributeValue::builder()
-            .data_type("Number")
-            .string_value(v.to_string())
-            .build()
-            .expect("data type is set")
-    };
-    let mut attributes: HashMap<String, MessageAttributeValue> = HashMap::from([
-        (a::KIND.to_owned(), string(&reason.kind)),
-        (
-            a::MESSAGE.to_owned(),
-            string(truncate(&reason.message, MAX_REASON_BYTES)),
-        ),
-        (a::WORKER.to_owned(), string(worker)),
-        (
-            a::RECEIVE_COUNT.to_owned(),
-            number(message.receive_count.into()),
-        ),
-        (a::FAILED_AT.to_owned(), number(now_ms)),
-        (a::SOURCE_QUEUE.to_owned(), string(source_queue)),
-    ]);
-    let originals = message
-        .attributes
-        .iter()
-        .filter(|(name, _)| !name.starts_with("fleet."));
-    if attributes.len() + originals.clone().count() <= SQS_MAX_MESSAGE_ATTRIBUTES {
-        attributes.extend(originals.map(|(k, v)| (k.clone(), v.clone())));
-    } else {
-        let folded: serde_json::Map<String, serde_json::Value> = originals
-            .map(|(k, v)| {
-                let value = serde_json::json!({
-                    "data_type": v.data_type(),
-                    "string_value": v.string_value(),
-                });
-                (k.clone(), value)
-            })
-            .collect();
-        attributes.insert(
-            a::ORIGINAL_ATTRIBUTES.to_owned(),
-            string(&serde_json::Value::Object(folded).to_string()),
-        );
-    }
-    attributes
-}
-
-fn truncate(text: &str, max_bytes: usize) -> &str {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let mut end = max_bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 async fn change_visibility<H: Handler>(
@@ -1070,33 +1097,11 @@ pub fn queue_name(queue_url: &str) -> String {
 mod tests {
     use super::*;
 
-    fn message_with(attrs: usize) -> Message {
-        let attributes = (0..attrs)
-            .map(|i| {
-                let v = MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(format!("v{i}"))
-                    .build()
-                    .unwrap();
-                (format!("a{i}"), v)
-            })
-            .collect();
-        Message {
-            message_id: "m".into(),
-            receipt_handle: "r".into(),
-            body: "{}".into(),
-            receive_count: 2,
-            sent_at_ms: None,
-            attributes,
-            ..Message::default()
-        }
-    }
-
     fn in_group(id: &str, group: &str) -> Message {
         Message {
             message_id: id.into(),
             group_id: Some(group.into()),
-            ..message_with(0)
+            ..Message::default()
         }
     }
 
@@ -1113,44 +1118,6 @@ mod tests {
             groups,
             vec![vec!["a1", "a2", "a3"], vec!["b1", "b2"], vec!["c1"]]
         );
-    }
-
-    #[test]
-    fn dead_letter_keeps_original_attributes_beside_the_reason() {
-        let reason = Reason::new("conflict", "different payload");
-        let attrs = dead_letter_attributes(&message_with(4), &reason, "w", "http://q/x", 7);
-        assert_eq!(attrs.len(), 10);
-        assert_eq!(attrs["a3"].string_value(), Some("v3"));
-        assert_eq!(attrs[dlq_attributes::KIND].string_value(), Some("conflict"));
-        assert_eq!(
-            attrs[dlq_attributes::RECEIVE_COUNT].string_value(),
-            Some("2")
-        );
-        assert_eq!(attrs[dlq_attributes::FAILED_AT].data_type(), "Number");
-    }
-
-    #[test]
-    fn dead_letter_folds_originals_when_they_do_not_fit() {
-        let reason = Reason::new("conflict", "x".repeat(5000));
-        let attrs = dead_letter_attributes(&message_with(5), &reason, "w", "q", 7);
-        assert!(attrs.len() <= SQS_MAX_MESSAGE_ATTRIBUTES);
-        let folded: serde_json::Value = serde_json::from_str(
-            attrs[dlq_attributes::ORIGINAL_ATTRIBUTES]
-                .string_value()
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(folded["a4"]["string_value"], "v4");
-        assert_eq!(
-            attrs[dlq_attributes::MESSAGE].string_value().unwrap().len(),
-            MAX_REASON_BYTES
-        );
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("ééé", 3), "é");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 
     #[test]
