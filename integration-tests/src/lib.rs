@@ -187,6 +187,9 @@ impl Stack {
         }
         env.insert("FLEET_LOG_FORMAT".into(), "json".into());
         env.insert("FLEET_METRICS_INTERVAL_SECS".into(), "1".into());
+        // Test time: a transient failure comes back in seconds, not the production minute.
+        env.entry("FLEET_RETRY_BASE_MS".into())
+            .or_insert_with(|| "2000".into());
         env
     }
 
@@ -704,17 +707,67 @@ pub async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(Vec<u8>, 
     Some((request, head_end))
 }
 
-/// An HTTP proxy to LocalStack for AWS query-protocol calls (EC2) that answers the `nth` call
-/// of one action (1 for the first) with an EC2 error instead of forwarding it: a permanent
-/// failure where the test wants it, seen by the worker exactly as EC2 would send it. Every
-/// other call is forwarded (one per connection).
+/// An HTTP proxy to LocalStack for AWS query-protocol calls (EC2) that breaks one call of an
+/// action where the test wants it, seen by the worker exactly as a real network or EC2 would
+/// show it:
+///
+/// - [`FaultProxy::start`] answers the `nth` call of one action (1 for the first) with an EC2
+///   error instead of forwarding it: a permanent failure;
+/// - [`FaultProxy::lose_first_answers`] forwards the first call of each given action to
+///   LocalStack, waits for its answer (EC2 did the work), and then closes the connection
+///   without replying: a lost answer, which the client can only see as a broken connection.
+///
+/// Every other call is forwarded (one per connection). Calls are counted per action.
 pub struct FaultProxy {
     pub port: u16,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    lost: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a [`FaultProxy`] does to the calls it breaks.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// The `nth` call of `action` gets EC2 error `code`, not forwarded.
+    Error {
+        action: String,
+        nth: usize,
+        code: String,
+    },
+    /// The first call of each action is forwarded and its answer dropped.
+    LoseFirstAnswer(Vec<String>),
+}
+
 impl FaultProxy {
+    /// Answers the `nth` call of `action` with EC2 error `code`.
     pub async fn start(action: &str, nth: usize, code: &str) -> Result<Self> {
+        Self::spawn(Fault::Error {
+            action: action.to_owned(),
+            nth,
+            code: code.to_owned(),
+        })
+        .await
+    }
+
+    /// Forwards the first call of each of `actions`, and loses LocalStack's answer.
+    pub async fn lose_first_answers(actions: &[&str]) -> Result<Self> {
+        Self::spawn(Fault::LoseFirstAnswer(
+            actions.iter().map(|a| (*a).to_owned()).collect(),
+        ))
+        .await
+    }
+
+    /// How many calls of `action` reached the proxy.
+    pub fn calls(&self, action: &str) -> usize {
+        self.calls.lock().unwrap().get(action).copied().unwrap_or(0)
+    }
+
+    /// How many answers were lost (forwarded, done by LocalStack, never replied).
+    pub fn lost(&self) -> usize {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn spawn(fault: Fault) -> Result<Self> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -722,31 +775,52 @@ impl FaultProxy {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let marker = format!("Action={action}&");
-        let code = code.to_owned();
-        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+        let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (counted, dropped) = (calls.clone(), lost.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let (target, marker, code, seen) =
-                    (target.clone(), marker.clone(), code.clone(), seen.clone());
+                let (target, fault, calls, lost) = (
+                    target.clone(),
+                    fault.clone(),
+                    counted.clone(),
+                    dropped.clone(),
+                );
                 tokio::spawn(async move {
                     let Some((request, head_end)) = read_request(&mut client).await else {
                         return;
                     };
                     let body = String::from_utf8_lossy(&request[head_end..]);
-                    if body.contains(&marker)
-                        && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth
-                    {
-                        let xml = format!(
-                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by the test</Message></Error></Errors><RequestID>fault</RequestID></Response>"
-                        );
-                        let response = format!(
-                            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
-                            xml.len()
-                        );
-                        let _ = client.write_all(response.as_bytes()).await;
-                        return;
-                    }
+                    let action = body
+                        .split('&')
+                        .find_map(|p| p.strip_prefix("Action="))
+                        .unwrap_or_default()
+                        .to_owned();
+                    let nth = {
+                        let mut calls = calls.lock().unwrap();
+                        let n = calls.entry(action.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    let lose_answer = match &fault {
+                        Fault::Error {
+                            action: broken,
+                            nth: at,
+                            code,
+                        } if *broken == action && *at == nth => {
+                            let xml = format!(
+                                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by the test</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+                            );
+                            let response = format!(
+                                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
+                                xml.len()
+                            );
+                            let _ = client.write_all(response.as_bytes()).await;
+                            return;
+                        }
+                        Fault::Error { .. } => false,
+                        Fault::LoseFirstAnswer(actions) => nth == 1 && actions.contains(&action),
+                    };
                     // Forward with "Connection: close": the response then ends with the
                     // connection, and goes back as it came.
                     let text = String::from_utf8_lossy(&request[..head_end]).into_owned();
@@ -766,12 +840,22 @@ impl FaultProxy {
                     }
                     let mut response = Vec::new();
                     let _ = server.read_to_end(&mut response).await;
+                    if lose_answer {
+                        // EC2 did it; the client hears nothing but the connection closing.
+                        lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
                     let _ = client.write_all(&response).await;
                     let _ = client.shutdown().await;
                 });
             }
         });
-        Ok(Self { port, task })
+        Ok(Self {
+            port,
+            calls,
+            lost,
+            task,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -929,4 +1013,22 @@ pub async fn dead_letter_payments(
         ("fleet.source-queue", queue.url.as_str()),
     ];
     send_payments_with(&stack.sqs, &queue.dlq_url, payments, &reason).await
+}
+
+/// How many log lines of these workers have `key` equal to `value`.
+pub fn count_logged(workers: &[Worker], key: &str, value: &str) -> usize {
+    workers
+        .iter()
+        .flat_map(|w| w.log_fields(key))
+        .filter(|f| f[key] == value)
+        .count()
+}
+
+/// Stops every worker (SIGTERM) and checks that each exited cleanly.
+pub async fn terminate_all(workers: impl IntoIterator<Item = Worker>) -> Result<()> {
+    for worker in workers {
+        let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+        anyhow::ensure!(code == Some(0), "exit {code:?}: {}", worker.stderr_text());
+    }
+    Ok(())
 }

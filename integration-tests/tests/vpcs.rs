@@ -1,13 +1,14 @@
 //! VPC provisioning on LocalStack: POST /vpcs through the gateway, vpc-worker against
 //! LocalStack's EC2, the request read back from DynamoDB by the gateway; crashes at each step,
-//! duplicates at once, a permanent EC2 failure, semantic and shape errors, pagination.
+//! lost EC2 answers, duplicates worked on at once behind a slow EC2, a permanent EC2 failure,
+//! semantic and shape errors, pagination.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::Filter;
-use integration_tests::{eventually, fleetctl, sdk_config, FaultProxy, Stack, Worker};
+use integration_tests::{eventually, fleetctl, sdk_config, FaultProxy, Proxy, Stack, Worker};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -57,6 +58,16 @@ async fn wait_for_status(stack: &Stack, request_id: &str, status: &str) -> Resul
     eventually(Duration::from_secs(60), status, || async {
         let (code, body) = get(stack, &format!("/vpcs/{request_id}")).await?;
         Ok((code == 200 && body["status"] == status).then_some(body))
+    })
+    .await
+}
+
+/// Waits until a request is finished (`SUCCEEDED` or `FAILED`) and returns it.
+async fn wait_for_end(stack: &Stack, request_id: &str) -> Result<Value> {
+    eventually(Duration::from_secs(60), "the request finished", || async {
+        let (code, body) = get(stack, &format!("/vpcs/{request_id}")).await?;
+        let finished = body["status"] == "SUCCEEDED" || body["status"] == "FAILED";
+        Ok((code == 200 && finished).then_some(body))
     })
     .await
 }
@@ -291,14 +302,83 @@ async fn a_crash_between_a_create_and_its_checkpoint_is_repaired_without_a_secon
 }
 
 #[tokio::test]
+async fn lost_answers_to_create_vpc_and_create_subnet_make_one_vpc_and_the_request_succeeds(
+) -> Result<()> {
+    let stack = Stack::provision().await?;
+    let ec2 = ec2_client(&sdk_config().await);
+    // EC2 creates the first VPC and the first subnet; the worker never hears it did.
+    let faults = FaultProxy::lose_first_answers(&["CreateVpc", "CreateSubnet"]).await?;
+    let worker = Worker::spawn(
+        WORKER,
+        &env(&stack, &[("AWS_ENDPOINT_URL_EC2", &faults.url())]),
+    )?;
+    let (code, accepted) = post(&stack, "lost-answers", &two_subnets(50)).await?;
+    assert_eq!(code, 202, "{accepted}");
+    let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
+    let done = wait_for_end(&stack, &request_id).await?;
+    let found = tagged(&ec2, &request_id).await?;
+    assert_eq!(faults.lost(), 2, "both answers lost");
+    // The VPC whose answer was lost is found by its tag, never made again.
+    assert_eq!(faults.calls("CreateVpc"), 1, "{done}\n{found:?}");
+    assert_eq!(
+        done["status"], "SUCCEEDED",
+        "{done}\nVPCs tagged with the request: {found:?}"
+    );
+    assert_eq!(found.len(), 1, "exactly one VPC: {found:?}");
+    assert_eq!(found[0].0, done["vpc"]["vpc_id"].as_str().unwrap_or(""));
+    let cidrs: Vec<&str> = found[0].2.iter().map(|(c, _, _)| c.as_str()).collect();
+    assert_eq!(cidrs, ["10.50.1.0/24", "10.50.2.0/24"], "each subnet once");
+    let ids: HashSet<&str> = done["subnets"]
+        .as_array()
+        .context("subnets")?
+        .iter()
+        .filter_map(|s| s["subnet_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 2, "{done}");
+    let (_, vpc_tags, subnets) = &found[0];
+    assert_eq!(vpc_tags["RequestId"], request_id);
+    assert!(subnets.iter().all(|(_, _, t)| t["RequestId"] == request_id));
+    assert_eq!(worker.total("requests_failed"), 0);
+    worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, err) =
+        fleetctl(&stack, &["vpc", "cleanup", "--project", &stack.info.prefix]).await?;
+    assert_eq!(code, 0, "{err}");
+    Ok(())
+}
+
+/// How many times a worker's deliveries were put back with error kind `kind`.
+fn retried_for(worker: &Worker, kind: &str) -> usize {
+    worker
+        .log_fields("error_kind")
+        .iter()
+        .filter(|f| f["error_kind"] == kind)
+        .count()
+}
+
+#[tokio::test]
 async fn duplicates_received_by_two_workers_at_once_make_one_vpc() -> Result<()> {
     let stack = Stack::provision().await?;
     let ec2 = ec2_client(&sdk_config().await);
     let queue = stack.queue("vpc-requests").url.clone();
-    let a = Worker::spawn(WORKER, &env(&stack, &[]))?;
-    let b = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    // A slow EC2: every call takes twice the lease, so the two copies are in flight at the
+    // same time for the whole request, and a lease renewed only at checkpoints would lapse
+    // half way through each call.
+    let mut slow = Proxy::reserve(Duration::from_secs(4)).await?;
+    slow.start().await?;
+    let slow_env = env(
+        &stack,
+        &[
+            ("AWS_ENDPOINT_URL_EC2", &slow.url()),
+            ("VPC_LEASE_SECS", "2"),
+            ("FLEET_RETRY_MAX_SECS", "4"),
+        ],
+    );
+    let a = Worker::spawn(WORKER, &slow_env)?;
+    let b = Worker::spawn(WORKER, &slow_env)?;
     tokio::time::sleep(Duration::from_secs(2)).await; // both polling
-    let request_id = "client-dup-1";
+                                                      // Unique per run: LocalStack's EC2 keeps the VPCs of earlier runs.
+    let request_id = format!("client-dup-{}", stack.info.prefix.trim_end_matches('-'));
+    let request_id = request_id.as_str();
     let attr = |v: &str, t: &str| {
         aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type(t)
@@ -319,7 +399,27 @@ async fn duplicates_received_by_two_workers_at_once_make_one_vpc() -> Result<()>
             .send()
             .await?;
     }
-    eventually(
+    let record = eventually(Duration::from_secs(90), "the request finished", || async {
+        let item = stack
+            .dynamodb
+            .get_item()
+            .table_name(stack.table("vpc-requests"))
+            .key(
+                "request_id",
+                aws_sdk_dynamodb::types::AttributeValue::S(request_id.into()),
+            )
+            .consistent_read(true)
+            .send()
+            .await?
+            .item;
+        let status = item
+            .as_ref()
+            .and_then(|i| i.get("status")?.as_s().ok().cloned())
+            .unwrap_or_default();
+        Ok((status == "SUCCEEDED" || status == "FAILED").then_some(item))
+    })
+    .await?;
+    let settled = eventually(
         Duration::from_secs(60),
         "one success and one duplicate",
         || async {
@@ -328,10 +428,22 @@ async fn duplicates_received_by_two_workers_at_once_make_one_vpc() -> Result<()>
             Ok((succeeded == 1 && duplicates == 1).then_some(()))
         },
     )
-    .await?;
+    .await;
     let found = tagged(&ec2, request_id).await?;
-    assert_eq!(found.len(), 1, "one VPC: {found:?}");
-    assert_eq!(found[0].2.len(), 2);
+    let busy = retried_for(&a, "request-busy") + retried_for(&b, "request-busy");
+    let lease_lost = retried_for(&a, "lease-lost") + retried_for(&b, "lease-lost");
+    let summary = format!(
+        "record {record:?}\nVPCs tagged with the request: {found:?}\n\
+         deliveries put back: {busy} request-busy, {lease_lost} lease-lost"
+    );
+    settled.context(summary.clone())?;
+    eprintln!("deliveries put back: {busy} request-busy, {lease_lost} lease-lost");
+    assert_eq!(found.len(), 1, "one VPC: {summary}");
+    assert_eq!(found[0].2.len(), 2, "{summary}");
+    // Both copies were worked on at once: one found the lease held by the other, and came
+    // back later; the lease held through every slow call, so none took the request over.
+    assert!(busy >= 1, "the two deliveries did not overlap: {summary}");
+    assert_eq!(lease_lost, 0, "a delivery lost its lease: {summary}");
     a.terminate(Duration::from_secs(30)).await?;
     b.terminate(Duration::from_secs(30)).await?;
     Ok(())

@@ -1,12 +1,24 @@
 //! The EC2 calls of VPC provisioning, rate-limited (one `governor` limiter shared by every task
 //! of the process) and counted. Every resource is created with its tags in the same call
-//! (`TagSpecifications`), so a resource whose id was never checkpointed can be found again by
-//! its tags instead of being created twice.
+//! (`TagSpecifications`), so a resource whose id was never checkpointed, or whose create
+//! answer was lost, can be found again by its tags instead of being created twice.
+//!
+//! Neither create call is idempotent on EC2: `CreateVpc` and `CreateSubnet` take no
+//! `ClientToken` (see their inputs in `aws-sdk-ec2`; EC2's client-token idempotency covers
+//! other actions). So:
+//! - `CreateVpc` is sent once, without the SDK's retries: a retry after a lost answer (a
+//!   timeout, a broken connection, a 5xx) would make a second VPC that nobody records. The
+//!   caller looks the VPC up by its `RequestId` tag after such an ambiguous failure
+//!   ([`may_have_happened`]) instead;
+//! - `CreateSubnet` keeps the SDK's retries: a retry cannot make a second subnet (its CIDR
+//!   conflicts with the first one's, `InvalidSubnet.Conflict`), and the caller repairs that
+//!   conflict by looking up the subnet of the VPC with the CIDR and the request's tag.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use fleet::{classify, AwsError, Metrics};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -15,6 +27,26 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 pub const REQUEST_ID_TAG: &str = "RequestId";
 /// Tag naming the project (the cleanup command deletes what carries it).
 pub const PROJECT_TAG: &str = "Project";
+/// The error of a `CreateSubnet` whose CIDR is taken in the VPC (by an earlier attempt whose
+/// answer was lost, if the subnet there carries the request's tag).
+pub const SUBNET_CONFLICT: &str = "InvalidSubnet.Conflict";
+
+/// Error codes of a throttled call: EC2 refused it, so it did nothing.
+const THROTTLED: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+];
+
+/// Whether a failed call may have been carried out all the same: its answer was lost (a
+/// timeout, a broken connection, an unreadable response) or EC2 failed while doing it (5xx).
+/// A throttled or refused call (4xx) did nothing.
+pub fn may_have_happened(err: &AwsError) -> bool {
+    err.is_retryable() && !THROTTLED.contains(&err.code.as_str())
+}
 
 /// EC2 with a rate limit and a call counter.
 #[derive(Debug, Clone)]
@@ -90,7 +122,9 @@ impl Ec2 {
             .collect())
     }
 
-    /// Creates the VPC of `request_id`, tagged `Name` = `name`.
+    /// Creates the VPC of `request_id`, tagged `Name` = `name`: one attempt, never retried by
+    /// the SDK (see the module documentation); after an error that [`may_have_happened`], the
+    /// VPC may exist: look it up with [`Self::vpcs_of`].
     ///
     /// # Errors
     /// The classified EC2 error.
@@ -106,6 +140,10 @@ impl Ec2 {
             .create_vpc()
             .cidr_block(cidr)
             .tag_specifications(self.tags(ResourceType::Vpc, request_id, &[("Name", name)]))
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -116,7 +154,8 @@ impl Ec2 {
             .to_owned())
     }
 
-    /// Creates a subnet of `request_id` in `vpc_id`.
+    /// Creates a subnet of `request_id` in `vpc_id` (retried by the SDK: a retry after a lost
+    /// answer fails with [`SUBNET_CONFLICT`]; the subnet is then found by [`Self::subnet_of`]).
     ///
     /// # Errors
     /// The classified EC2 error.
@@ -184,13 +223,23 @@ impl Ec2 {
             .collect())
     }
 
-    /// The subnet of `vpc_id` with exactly `cidr`, if there is one.
+    /// The subnet of `vpc_id` with exactly `cidr` and tagged with `request_id`, if there is
+    /// one: the request's, created by an earlier attempt or delivery.
     ///
     /// # Errors
     /// The classified EC2 error.
-    pub async fn subnet_with(&self, vpc_id: &str, cidr: &str) -> Result<Option<String>, AwsError> {
+    pub async fn subnet_of(
+        &self,
+        request_id: &str,
+        vpc_id: &str,
+        cidr: &str,
+    ) -> Result<Option<String>, AwsError> {
         let found = self
-            .find_subnets(vec![filter("vpc-id", vpc_id), filter("cidr-block", cidr)])
+            .find_subnets(vec![
+                filter("vpc-id", vpc_id),
+                filter("cidr-block", cidr),
+                filter(&format!("tag:{REQUEST_ID_TAG}"), request_id),
+            ])
             .await?;
         Ok(found.into_iter().next())
     }
@@ -284,5 +333,48 @@ fn gone_is_fine(err: AwsError) -> Result<(), AwsError> {
         Ok(())
     } else {
         Err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet::ErrorClass;
+
+    use super::*;
+
+    fn error(class: ErrorClass, code: &str) -> AwsError {
+        AwsError {
+            class,
+            code: code.to_owned(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_or_a_5xx_may_hide_a_create_a_throttle_or_a_refusal_does_not() {
+        for code in [
+            "timeout",
+            "dispatch",
+            "response",
+            "InternalError",
+            "Unavailable",
+        ] {
+            assert!(
+                may_have_happened(&error(ErrorClass::Retryable, code)),
+                "{code}"
+            );
+        }
+        for code in ["RequestLimitExceeded", "Throttling"] {
+            assert!(
+                !may_have_happened(&error(ErrorClass::Retryable, code)),
+                "{code}"
+            );
+        }
+        for code in [SUBNET_CONFLICT, "VpcLimitExceeded", "InvalidParameterValue"] {
+            assert!(
+                !may_have_happened(&error(ErrorClass::Permanent, code)),
+                "{code}"
+            );
+        }
     }
 }

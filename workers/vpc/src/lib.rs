@@ -8,15 +8,24 @@
 //! 2. what the gateway cannot check (subnets inside the VPC, no overlaps, AZs of the region)
 //!    → `FAILED` with the reason, no EC2 call made;
 //! 3. a lease makes one delivery at a time work on a request (two workers receiving duplicates
-//!    at once: one works, the other comes back later), `IN_PROGRESS`;
+//!    at once: one works, the other comes back later), `IN_PROGRESS`. The delivery renews it
+//!    every third of the lease while it works (a heartbeat beside the EC2 calls, stopped when
+//!    the handler ends), so a slow EC2 call does not let the other take the request over;
 //! 4. `CreateVpc`, checkpoint the id; each `CreateSubnet`, checkpoint its id. Every resource is
-//!    created with its tags (`Project`, `RequestId`, `Name`, `SubnetName`), so a delivery that
-//!    takes over from one that crashed between a create and its checkpoint finds the resource
-//!    (VPC by tag, subnet by VPC and CIDR) instead of creating a second one. Look-ups happen only
-//!    then: a first delivery makes 1 + subnets EC2 calls;
-//! 5. `SUCCEEDED`. A throttled or failing EC2 (5xx) is retried through the queue's backoff; a
-//!    permanent EC2 error (`VpcLimitExceeded`, `InvalidSubnet.Conflict`, invalid parameters)
-//!    removes what the request created (subnets first) and records `FAILED` with the reason.
+//!    created with its tags (`Project`, `RequestId`, `Name`, `SubnetName`), so a resource
+//!    made without its id reaching the checkpoint is found (VPC by its `RequestId` tag; subnet
+//!    by VPC, CIDR and tag) instead of being created twice: when a delivery takes over from one
+//!    that crashed or gave up (before creating), and when a create's answer is lost. EC2 takes
+//!    no `ClientToken` on either call, so: `CreateVpc` is sent once, never retried blindly; after
+//!    an error that may hide a VPC made all the same (timeout, broken connection, 5xx) the VPC is
+//!    looked up by tag. `CreateSubnet` is retried by the SDK; a retry after a lost answer fails
+//!    with `InvalidSubnet.Conflict`, and the subnet of this VPC with this CIDR carrying this
+//!    request's tag is then ours: checkpointed, not a failure. Look-ups happen only then: a
+//!    first delivery that hears every answer makes 1 + subnets EC2 calls;
+//! 5. `SUCCEEDED`. A throttled or failing EC2 (5xx, or a lost `CreateVpc` answer whose VPC is
+//!    not found) is retried through the queue's backoff; a permanent EC2 error
+//!    (`VpcLimitExceeded`, a conflict that is not ours, invalid parameters) removes what the
+//!    request created (subnets first) and records `FAILED` with the reason.
 
 pub mod ec2;
 pub mod request;
@@ -33,8 +42,8 @@ use fleet::{AwsError, Handler, Message, Metrics, Outcome};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use crate::ec2::Ec2;
-use crate::request::VpcRequest;
+use crate::ec2::{may_have_happened, Ec2, SUBNET_CONFLICT};
+use crate::request::{SubnetSpec, VpcRequest};
 use crate::store::{status, Claim, Origin, Record, Store, StoreError};
 
 /// Command line and environment of the `vpc-worker` binary.
@@ -54,9 +63,9 @@ pub struct Config {
     /// Value of the `Project` tag on every resource (what `fleetctl vpc cleanup` deletes).
     #[arg(long, env = "VPC_PROJECT_TAG", default_value = "queue-fleet")]
     pub project: String,
-    /// How long a delivery's claim on a request lasts past its last checkpoint, seconds; a
-    /// crashed delivery's request is taken over after it. Keep it at most the queue's
-    /// visibility timeout.
+    /// How long a delivery's claim on a request lasts past its last renewal, seconds (a working
+    /// delivery renews it every third of it); a crashed delivery's request is taken over after
+    /// it. Keep it at most the queue's visibility timeout.
     #[arg(long, env = "VPC_LEASE_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub lease_secs: u64,
@@ -120,23 +129,7 @@ impl VpcHandler {
         let vpc_id = match &before.vpc_id {
             Some(id) => id.clone(),
             None => {
-                let found = if resumed {
-                    self.ec2.vpcs_of(request_id).await?.into_iter().next()
-                } else {
-                    None
-                };
-                let id = match found {
-                    Some(id) => id,
-                    None => {
-                        let name = format!("fleet-{request_id}");
-                        let id = self
-                            .ec2
-                            .create_vpc(request_id, &request.vpc.cidr, &name)
-                            .await?;
-                        self.crash_point("create-vpc");
-                        id
-                    }
-                };
+                let id = self.vpc(request_id, request, resumed).await?;
                 self.store.vpc_created(request_id, me, &id).await?;
                 id
             }
@@ -145,31 +138,137 @@ impl VpcHandler {
             if before.subnet_ids.get(i).is_some_and(Option::is_some) {
                 continue;
             }
-            let found = if resumed {
-                self.ec2.subnet_with(&vpc_id, &subnet.cidr).await?
-            } else {
-                None
-            };
-            let id = match found {
-                Some(id) => id,
-                None => {
-                    let id = self
-                        .ec2
-                        .create_subnet(
-                            request_id,
-                            &vpc_id,
-                            &subnet.cidr,
-                            &subnet.az,
-                            subnet.name.as_deref(),
-                        )
-                        .await?;
-                    self.crash_point(&format!("subnet-{}", i + 1));
-                    id
-                }
-            };
+            let id = self.subnet(request_id, &vpc_id, i, subnet, resumed).await?;
             self.store.subnet_created(request_id, me, i, &id).await?;
         }
         Ok(())
+    }
+
+    /// The request's VPC: the one tagged with it if an earlier delivery may have made it, else a
+    /// new one. A `CreateVpc` whose answer may have been lost is repaired by a look-up by tag,
+    /// never by a second `CreateVpc` (not found: the error, retried through the queue, whose next
+    /// delivery looks it up again first).
+    async fn vpc(
+        &self,
+        request_id: &str,
+        request: &VpcRequest,
+        resumed: bool,
+    ) -> Result<String, AwsError> {
+        if resumed {
+            if let Some(id) = self.ec2.vpcs_of(request_id).await?.into_iter().next() {
+                return Ok(id);
+            }
+        }
+        let name = format!("fleet-{request_id}");
+        match self
+            .ec2
+            .create_vpc(request_id, &request.vpc.cidr, &name)
+            .await
+        {
+            Ok(id) => {
+                self.crash_point("create-vpc");
+                Ok(id)
+            }
+            Err(lost) if may_have_happened(&lost) => {
+                match self.ec2.vpcs_of(request_id).await?.into_iter().next() {
+                    Some(id) => {
+                        warn!(request_id, vpc_id = %id, error = %lost, "CreateVpc failed, yet made the VPC: found by its tag");
+                        Ok(id)
+                    }
+                    None => Err(lost),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Subnet `index` of the request in `vpc_id`: looked up if an earlier delivery may have made
+    /// it, else created. A conflict on its CIDR, or a failure that may hide a subnet made all the
+    /// same, is repaired by a look-up: the subnet of this VPC with this CIDR carrying the
+    /// request's tag is the request's own (an attempt whose answer was lost).
+    async fn subnet(
+        &self,
+        request_id: &str,
+        vpc_id: &str,
+        index: usize,
+        subnet: &SubnetSpec,
+        resumed: bool,
+    ) -> Result<String, AwsError> {
+        if resumed {
+            if let Some(id) = self.ec2.subnet_of(request_id, vpc_id, &subnet.cidr).await? {
+                return Ok(id);
+            }
+        }
+        let created = self
+            .ec2
+            .create_subnet(
+                request_id,
+                vpc_id,
+                &subnet.cidr,
+                &subnet.az,
+                subnet.name.as_deref(),
+            )
+            .await;
+        match created {
+            Ok(id) => {
+                self.crash_point(&format!("subnet-{}", index + 1));
+                Ok(id)
+            }
+            Err(e) if e.code == SUBNET_CONFLICT || may_have_happened(&e) => {
+                match self.ec2.subnet_of(request_id, vpc_id, &subnet.cidr).await? {
+                    Some(id) => {
+                        warn!(request_id, subnet_id = %id, error = %e, "CreateSubnet failed, yet the subnet is the request's: found by VPC, CIDR and tag");
+                        Ok(id)
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Provisions what `before` lacks and records the end, while `me` holds the lease.
+    async fn work(
+        &self,
+        request_id: &str,
+        request: &VpcRequest,
+        me: &str,
+        before: &Record,
+    ) -> Outcome {
+        let provisioned = match self.provision(request_id, request, me, before).await {
+            Ok(()) => self.store.succeeded(request_id, me).await,
+            Err(e) => Err(e),
+        };
+        match provisioned {
+            Ok(()) => {
+                Metrics::incr(&self.succeeded);
+                info!(
+                    request_id,
+                    subnets = request.subnets.len(),
+                    "request succeeded"
+                );
+                Outcome::Done
+            }
+            Err(StoreError::LeaseLost) => {
+                Outcome::retry("lease-lost", "another delivery took the request over")
+            }
+            Err(StoreError::Aws(e)) if e.is_retryable() => {
+                self.store.release(request_id, me).await;
+                Outcome::Retry(fleet::Reason::new(e.code, e.message))
+            }
+            Err(StoreError::Aws(e)) => {
+                let reason = format!("{}: {}", e.code, e.message);
+                warn!(request_id, %reason, "permanent EC2 error; removing what the request created");
+                if let Err(cleanup) = self.remove(request_id).await {
+                    self.store.release(request_id, me).await;
+                    return Outcome::retry(
+                        "cleanup-failed",
+                        format!("after {reason}, the cleanup failed: {cleanup}"),
+                    );
+                }
+                self.fail(request_id, Some(me), &reason).await
+            }
+        }
     }
 
     /// Removes every resource tagged with the request: subnets first, then the VPC.
@@ -265,39 +364,11 @@ impl Handler for VpcHandler {
             }
             Err(e) => return e.into_outcome(),
         };
-        let provisioned = match self.provision(request_id, &request, &me, &before).await {
-            Ok(()) => self.store.succeeded(request_id, &me).await,
-            Err(e) => Err(e),
-        };
-        match provisioned {
-            Ok(()) => {
-                Metrics::incr(&self.succeeded);
-                info!(
-                    request_id,
-                    subnets = request.subnets.len(),
-                    "request succeeded"
-                );
-                Outcome::Done
-            }
-            Err(StoreError::LeaseLost) => {
-                Outcome::retry("lease-lost", "another delivery took the request over")
-            }
-            Err(StoreError::Aws(e)) if e.is_retryable() => {
-                self.store.release(request_id, &me).await;
-                Outcome::Retry(fleet::Reason::new(e.code, e.message))
-            }
-            Err(StoreError::Aws(e)) => {
-                let reason = format!("{}: {}", e.code, e.message);
-                warn!(request_id, %reason, "permanent EC2 error; removing what the request created");
-                if let Err(cleanup) = self.remove(request_id).await {
-                    self.store.release(request_id, &me).await;
-                    return Outcome::retry(
-                        "cleanup-failed",
-                        format!("after {reason}, the cleanup failed: {cleanup}"),
-                    );
-                }
-                self.fail(request_id, Some(&me), &reason).await
-            }
+        // The heartbeat renews the lease while the work goes on, and stops with it.
+        tokio::select! {
+            biased;
+            outcome = self.work(request_id, &request, &me, &before) => outcome,
+            never = self.store.hold(request_id, &me) => match never {},
         }
     }
 }

@@ -6,8 +6,14 @@
 //! `IN_PROGRESS`, `SUCCEEDED`, `FAILED`), `body_sha256`, `vpc_cidr`, `subnets` (a list of
 //! `{cidr, az, name?, subnet_id?}`), `vpc_id`, `reason`, and while a delivery works on it
 //! `lease_owner` / `lease_until`. Every checkpoint is conditional on still holding the lease.
+//!
+//! The lease lasts `lease` past its last renewal. A delivery renews it every third of the lease
+//! for as long as it works on the request ([`Store::hold`], beside the EC2 calls), not only at
+//! checkpoints: one slow EC2 call does not let a duplicate delivery take the request over. Only
+//! a delivery that stopped (crashed, or hung without renewing) loses it, after `lease`.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -132,7 +138,7 @@ fn failed_condition<R>(err: &aws_sdk_dynamodb::error::SdkError<UpdateItemError, 
 }
 
 impl Store {
-    /// The records in `table`; a delivery's lease lasts `lease` past its last checkpoint.
+    /// The records in `table`; a delivery's lease lasts `lease` past its last renewal.
     pub fn new(client: aws_sdk_dynamodb::Client, table: String, lease: Duration) -> Self {
         Self {
             client,
@@ -332,6 +338,53 @@ impl Store {
             Ok(_) => Ok(()),
             Err(err) if failed_condition(&err) => Err(StoreError::LeaseLost),
             Err(err) => Err(StoreError::Aws(classify(&err))),
+        }
+    }
+
+    /// Extends `owner`'s lease by `lease` from now, while it holds it on a request in progress.
+    ///
+    /// # Errors
+    /// A lost lease (taken over, released, or the request finished), or the classified
+    /// DynamoDB error.
+    pub async fn renew(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let renewed = self
+            .update(request_id)
+            .update_expression("SET lease_until = :until")
+            .condition_expression("lease_owner = :me AND #status = :progress")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":progress", s(status::IN_PROGRESS))
+            .expression_attribute_values(":until", n(now + self.lease.as_millis() as u64))
+            .send()
+            .await;
+        match renewed {
+            Ok(_) => Ok(()),
+            Err(err) if failed_condition(&err) => Err(StoreError::LeaseLost),
+            Err(err) => Err(StoreError::Aws(classify(&err))),
+        }
+    }
+
+    /// The heartbeat of `owner`'s lease: renews it every third of the lease, for as long as it
+    /// is polled. It never completes: run it beside the work (`select!`) and it stops with it.
+    /// A failed renewal is tried again at the next beat; once the lease is lost, it goes quiet
+    /// (the next checkpoint tells the work).
+    pub async fn hold(&self, request_id: &str, owner: &str) -> Infallible {
+        let period = self.lease / 3;
+        let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            beats.tick().await;
+            match self.renew(request_id, owner).await {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost) => {
+                    tracing::info!(request_id, "the lease is gone; no more renewals");
+                    return std::future::pending().await;
+                }
+                Err(StoreError::Aws(error)) => {
+                    tracing::warn!(request_id, %error, "cannot renew the lease; trying again");
+                }
+            }
         }
     }
 
