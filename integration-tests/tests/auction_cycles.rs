@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{fleetctl, Answer, ScriptedHttp, Stack, Worker};
+use integration_tests::{fleetctl, Answer, Proxy, ScriptedHttp, Stack, Worker};
 use serde_json::{json, Value};
 
 const WORKER: &str = "results-worker";
@@ -246,4 +246,115 @@ async fn a_source_that_times_out_or_answers_garbage_is_retried_and_never_fanned_
     let (code, _, _) = worker.terminate(Duration::from_secs(30)).await?;
     assert_eq!(code, Some(0), "never a crash");
     Ok(())
+}
+
+/// Issue 14: a cycle delivered twice at once (two workers) is fanned out once: one delivery
+/// fans it out, the other comes back later and finds it `FANNED_OUT`.
+///
+/// DynamoDB is reached through a slow link (300 ms a call: a fan-out of 3 batches takes about
+/// 2 s), and the second copies follow the first ones 400 ms later: each second delivery claims
+/// while the first is fanning out. (Not in the same millisecond: LocalStack's DynamoDB here is
+/// moto, whose conditional writes are not atomic, so two claims of one item that reach it
+/// together can both pass their condition, which DynamoDB never allows.)
+#[tokio::test]
+async fn a_cycle_delivered_twice_at_once_is_fanned_out_once() -> Result<()> {
+    const CYCLES: usize = 4;
+    const ORDERS: usize = 25; // 3 batches: 10, 10, 5
+    let stack = Stack::provision().await?;
+    let mut slow_dynamodb = Proxy::reserve(Duration::from_millis(300)).await?;
+    slow_dynamodb.start().await?;
+    let env = env(
+        &stack,
+        &[
+            ("AWS_ENDPOINT_URL_DYNAMODB", &slow_dynamodb.url()),
+            ("SIMULATOR_SEED", "7"),
+            ("SIMULATOR_NOT_READY_TIMES", "0"),
+            ("SIMULATOR_ORDERS", &ORDERS.to_string()),
+        ],
+    );
+    let workers = [Worker::spawn(WORKER, &env)?, Worker::spawn(WORKER, &env)?];
+    let queue = stack.queue("auction-cycles").clone();
+    let cycles: Vec<String> = (0..CYCLES).map(|i| format!("twice-{i}")).collect();
+    let send = || {
+        let entries = cycles
+            .iter()
+            .map(|cycle| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(cycle)
+                    .message_body(json!({ "cycle": cycle }).to_string())
+                    .build()
+                    .expect("id and body are set")
+            })
+            .collect();
+        stack
+            .sqs
+            .send_message_batch()
+            .queue_url(&queue.url)
+            .set_entries(Some(entries))
+            .send()
+    };
+    for copy in 0..2 {
+        if copy > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let out = send().await?;
+        anyhow::ensure!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+    }
+
+    // Both copies of every cycle finished (deleted).
+    integration_tests::eventually(
+        Duration::from_secs(120),
+        "both copies of each cycle handled",
+        || async { Ok((stack.depth(&queue.url).await? == 0).then_some(())) },
+    )
+    .await?;
+    let total = |name: &str| workers.iter().map(|w| w.total(name)).sum::<u64>();
+
+    let mut copies: HashMap<(String, String), usize> = HashMap::new();
+    for m in stack
+        .drain(&stack.queue("order-results").url, 10 * CYCLES * ORDERS)
+        .await?
+    {
+        let v: Value = serde_json::from_str(m.body().unwrap_or_default())?;
+        let key = (
+            v["cycle"].as_str().unwrap_or_default().to_owned(),
+            v["record_id"].as_str().unwrap_or_default().to_owned(),
+        );
+        *copies.entry(key).or_default() += 1;
+    }
+    let mut wrong: Vec<String> = cycles
+        .iter()
+        .map(|cycle| {
+            let results: Vec<usize> = copies
+                .iter()
+                .filter(|((c, _), _)| c == cycle)
+                .map(|(_, n)| *n)
+                .collect();
+            (cycle, results.len(), results.iter().sum::<usize>())
+        })
+        .filter(|(_, distinct, sent)| *distinct != ORDERS || *sent != ORDERS)
+        .map(|(cycle, distinct, sent)| {
+            format!("cycle {cycle}: {sent} order results sent for {distinct} distinct (want {ORDERS} once each)")
+        })
+        .collect();
+    wrong.sort();
+    assert!(
+        wrong.is_empty(),
+        "{} of {CYCLES} cycles not fanned out exactly once (cycles_fanned_out {}, results_sent {}, \
+         duplicates {}, retried {}): {wrong:#?}",
+        wrong.len(),
+        total("cycles_fanned_out"),
+        total("results_sent"),
+        total("duplicates"),
+        total("retried"),
+    );
+    assert_eq!(total("cycles_fanned_out"), CYCLES as u64);
+    assert_eq!(total("results_sent"), (CYCLES * ORDERS) as u64);
+    assert_eq!(total("dead_lettered"), 0);
+    let waited = integration_tests::count_logged(&workers, "error_kind", "claimed-elsewhere");
+    assert!(
+        waited >= CYCLES / 2,
+        "the copies overlapped: {waited} deliveries found the cycle claimed"
+    );
+    integration_tests::terminate_all(workers).await
 }

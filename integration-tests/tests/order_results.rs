@@ -1,10 +1,12 @@
 //! The auction pipeline's last step on LocalStack: accepted order results → S3 objects,
-//! rejected ones → one SNS notification each, even when the same result is delivered twice.
+//! rejected ones → one SNS notification each, even when the same result is delivered twice,
+//! one after the other or at the same time.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use integration_tests::{eventually, sdk_config, Stack, Worker};
+use integration_tests::{eventually, sdk_config, Proxy, Stack, Worker};
 use serde_json::{json, Value};
 
 const WORKER: &str = "order-results-worker";
@@ -78,4 +80,119 @@ async fn accepted_results_go_to_s3_and_each_rejection_is_notified_once() -> Resu
     );
     worker.terminate(Duration::from_secs(30)).await?;
     Ok(())
+}
+
+/// Sends each body as one message, 10 per batch.
+async fn send_all(stack: &Stack, queue_url: &str, bodies: &[String]) -> Result<()> {
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .build()
+                    .expect("id and body are set")
+            })
+            .collect();
+        let out = stack
+            .sqs
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await?;
+        anyhow::ensure!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+    }
+    Ok(())
+}
+
+/// Issue 14: the same rejection delivered twice at once, to two workers, is notified once.
+///
+/// SNS is reached through a slow link (a publish takes at least a second), and the second
+/// copies follow the first ones 400 ms later: each second delivery claims while the first is
+/// between its claim and its `SENT` mark. (Not in the same millisecond: LocalStack's DynamoDB
+/// here is moto, whose conditional writes are not atomic, so two claims of one item that
+/// reach it together can both pass their condition, which DynamoDB never allows.)
+#[tokio::test]
+async fn a_rejection_delivered_twice_at_once_is_notified_once() -> Result<()> {
+    const REJECTIONS: usize = 20;
+    let stack = Stack::provision().await?;
+    let inbox = stack.subscribe_inbox("notifications").await?;
+    let mut slow_sns = Proxy::reserve(Duration::from_millis(1000)).await?;
+    slow_sns.start().await?;
+    let env = stack.worker_env_with(
+        WORKER,
+        &[
+            ("AWS_ENDPOINT_URL_SNS", &slow_sns.url()),
+            // A delivery told to come back later does so within a second or two.
+            ("FLEET_RETRY_BASE_MS", "300"),
+            ("FLEET_RETRY_MAX_SECS", "1"),
+            // Room for every copy at once: the second copies are not held back behind the
+            // first ones.
+            ("FLEET_MIN_CONCURRENCY", "40"),
+        ],
+    );
+    let workers = [Worker::spawn(WORKER, &env)?, Worker::spawn(WORKER, &env)?];
+    let queue = stack.queue("order-results").clone();
+
+    let ids: Vec<String> = (0..REJECTIONS).map(|i| format!("dup-{i:02}")).collect();
+    let bodies: Vec<String> = ids
+        .iter()
+        .map(|id| json!({"cycle": "2026-11-23T00.40Z", "record_id": id, "status": "rejected", "reason": "price below the clearing price"}).to_string())
+        .collect();
+    send_all(&stack, &queue.url, &bodies).await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    send_all(&stack, &queue.url, &bodies).await?;
+
+    // Every copy is finished (deleted), the later ones after the first was sent.
+    eventually(
+        Duration::from_secs(90),
+        "both copies of each rejection handled",
+        || async { Ok((stack.depth(&queue.url).await? == 0).then_some(())) },
+    )
+    .await?;
+    let mut received = Vec::new();
+    let started = std::time::Instant::now();
+    while received.len() < REJECTIONS && started.elapsed() < Duration::from_secs(30) {
+        received.extend(stack.drain(&inbox, 100).await?);
+    }
+    // SNS delivers to the inbox asynchronously: give late copies the time to arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    received.extend(stack.drain(&inbox, 100).await?);
+
+    let mut per_rejection: HashMap<String, usize> = HashMap::new();
+    for m in &received {
+        let note: Value = serde_json::from_str(m.body().unwrap_or_default())?;
+        *per_rejection
+            .entry(note["record_id"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    let wrong: Vec<String> = ids
+        .iter()
+        .filter_map(|id| {
+            let n = per_rejection.get(id).copied().unwrap_or(0);
+            (n != 1).then(|| format!("{n} notifications for rejection {id}"))
+        })
+        .collect();
+    let total = |name: &str| workers.iter().map(|w| w.total(name)).sum::<u64>();
+    assert!(
+        wrong.is_empty(),
+        "{} of {REJECTIONS} rejections not notified exactly once ({} notifications in all, \
+         notifications_sent {}, duplicates {}, retried {}): {wrong:#?}",
+        wrong.len(),
+        received.len(),
+        total("notifications_sent"),
+        total("duplicates"),
+        total("retried"),
+    );
+    assert_eq!(received.len(), REJECTIONS);
+    assert_eq!(total("dead_lettered"), 0, "nothing dead-lettered");
+    let waited = integration_tests::count_logged(&workers, "error_kind", "claimed-elsewhere");
+    assert!(
+        waited >= REJECTIONS / 2,
+        "the copies overlapped: {waited} deliveries found the claim held"
+    );
+    integration_tests::terminate_all(workers).await
 }

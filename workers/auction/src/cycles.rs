@@ -11,15 +11,21 @@
 //!   `SendMessageBatch`, exactly once per cycle: a cycle record in DynamoDB claims the cycle
 //!   with a hash of its results and checkpoints each batch sent, so a redelivered cycle message
 //!   resumes after the last batch sent, and one whose cycle is `FANNED_OUT` sends nothing and
-//!   does not even ask the source. (A crash between a batch and its checkpoint sends that batch
-//!   again; the results' consumer is idempotent.)
+//!   does not even ask the source. The claim is a [`crate::lease`]: one delivery at a time fans
+//!   a cycle out. Another delivery of the cycle (a duplicate, the scheduler sending it again)
+//!   that finds the lease held comes back later (a retry of kind `claimed-elsewhere`) and then
+//!   finds the cycle `FANNED_OUT`, or takes the lease over once it has expired (its holder
+//!   died). Every checkpoint, and the `FANNED_OUT` mark, is conditional on still holding the
+//!   lease, and extends it. (A crash between a batch and its checkpoint sends that batch
+//!   again, and so does a batch whose sending outlasts the lease; the results' consumer is
+//!   idempotent.) The `auction-cycles` table declares no TTL attribute in topology.json, so no
+//!   expiry is written and the records stay.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use clap::{Parser, ValueEnum};
 use fleet::util::{now_ms, sha256_hex};
@@ -29,6 +35,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::lease::{self, Item, CLAIMED_ELSEWHERE, FREE_OR_MINE};
 use crate::notify::{safe_id, Notification, Notifier};
 use crate::order_results::OrderResult;
 use crate::source::{AnySource, Fetch, HttpSource, Readiness, ResultsSource, Simulator};
@@ -52,6 +59,11 @@ pub struct Config {
     #[arg(long, env = "CYCLE_DEADLINE_SECS", default_value_t = 1800,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub deadline_secs: u64,
+    /// How long a delivery's claim on a cycle's fan-out lasts past its last checkpoint,
+    /// seconds: a delivery that dies fanning out delays the rest of the cycle this long.
+    #[arg(long, env = "CYCLE_LEASE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub cycle_lease_secs: u64,
     /// The results source.
     #[command(flatten)]
     pub source: SourceArgs,
@@ -140,6 +152,8 @@ struct CycleMessage {
 
 /// Cycle record status once every result was sent.
 const FANNED_OUT: &str = "FANNED_OUT";
+/// Cycle record status while its results are being sent.
+const FANNING_OUT: &str = "FANNING_OUT";
 
 /// The handler of the cycles queue.
 #[derive(Debug)]
@@ -150,6 +164,7 @@ pub struct CyclesHandler<S> {
     order_results_queue_url: String,
     cycles_table: String,
     deadline: Duration,
+    lease: Duration,
     notifier: Notifier,
     fetches: Arc<AtomicU64>,
     not_ready: Arc<AtomicU64>,
@@ -166,6 +181,8 @@ pub struct Targets {
     pub cycles_table: String,
     /// From the cycle message's sending.
     pub deadline: Duration,
+    /// How long a delivery's claim on a fan-out lasts past its last checkpoint.
+    pub lease: Duration,
 }
 
 impl<S: ResultsSource> CyclesHandler<S> {
@@ -186,6 +203,7 @@ impl<S: ResultsSource> CyclesHandler<S> {
             order_results_queue_url: targets.order_results_queue_url,
             cycles_table: targets.cycles_table,
             deadline: targets.deadline,
+            lease: targets.lease,
             notifier,
             fetches: metrics.counter("results_fetches"),
             not_ready: metrics.counter("results_not_ready"),
@@ -244,16 +262,23 @@ impl<S: ResultsSource> CyclesHandler<S> {
         }
     }
 
-    /// Claims the cycle with the hash of its results: the number of batches already sent, or
-    /// an outcome when there is nothing (more) to do.
-    async fn claim(&self, cycle: &str, results: &[OrderResult]) -> Result<usize, Outcome> {
+    /// Claims the cycle's fan-out for `owner`, with the hash of its results: the number of
+    /// batches already sent, or an outcome when there is nothing (more) to do or another
+    /// delivery is at it.
+    async fn claim(
+        &self,
+        cycle: &str,
+        results: &[OrderResult],
+        owner: &str,
+    ) -> Result<usize, Outcome> {
         let hash = sha256_hex(
             serde_json::to_string(results)
                 .expect("results serialise")
                 .as_bytes(),
         );
-        let n = |v: usize| AttributeValue::N(v.to_string());
-        let record = self
+        let now = now_ms();
+        let n = |v: u64| AttributeValue::N(v.to_string());
+        let claimed = self
             .dynamodb
             .update_item()
             .table_name(&self.cycles_table)
@@ -262,40 +287,104 @@ impl<S: ResultsSource> CyclesHandler<S> {
                 "SET results_sha256 = if_not_exists(results_sha256, :hash), \
                  results_count = if_not_exists(results_count, :count), \
                  batches_sent = if_not_exists(batches_sent, :zero), \
-                 #status = if_not_exists(#status, :fanning), \
-                 started_at = if_not_exists(started_at, :now)",
+                 #status = :fanning, \
+                 started_at = if_not_exists(started_at, :now), \
+                 lease_owner = :me, lease_until = :until",
             )
+            .condition_expression(format!(
+                "(attribute_not_exists(#status) OR (#status = :fanning AND {FREE_OR_MINE})) \
+                 AND (attribute_not_exists(results_sha256) OR results_sha256 = :hash)"
+            ))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":hash", AttributeValue::S(hash.clone()))
-            .expression_attribute_values(":count", n(results.len()))
+            .expression_attribute_values(":count", n(results.len() as u64))
             .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":fanning", AttributeValue::S("FANNING_OUT".into()))
-            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
+            .expression_attribute_values(":fanning", AttributeValue::S(FANNING_OUT.into()))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":me", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(":until", n(lease::until(now, self.lease)))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map_err(|e| classify(&e).into_outcome())?
-            .attributes
-            .unwrap_or_default();
-        let get = |name: &str| record.get(name).and_then(|v| v.as_s().or(v.as_n()).ok());
-        if get("status").map(String::as_str) == Some(FANNED_OUT) {
-            return Err(Outcome::Duplicate);
-        }
-        if get("results_sha256") != Some(&hash) {
-            return Err(Outcome::permanent(
-                "results-changed",
-                format!("the results of cycle {cycle} differ from the ones whose fan-out began; an operator must decide"),
-            ));
-        }
-        Ok(get("batches_sent")
+            .await;
+        let record = match claimed {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(err) if lease::failed_condition(&err) => {
+                let record = match lease::refused_item(&err) {
+                    Some(record) => record,
+                    None => self.record(cycle).await?,
+                };
+                return Err(refusal(cycle, &hash, &record));
+            }
+            Err(err) => return Err(classify(&err).into_outcome()),
+        };
+        Ok(record
+            .get("batches_sent")
+            .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0))
     }
 
+    async fn record(&self, cycle: &str) -> Result<Item, Outcome> {
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.cycles_table)
+            .key("cycle", Self::key(cycle))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(&e).into_outcome())?;
+        Ok(out.item.unwrap_or_default())
+    }
+
+    /// Records that batch `i` was sent, if `owner` still holds the lease (which it extends).
+    async fn checkpoint(&self, cycle: &str, i: usize, owner: &str) -> Outcome {
+        let checkpoint = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.cycles_table)
+            .key("cycle", Self::key(cycle))
+            .update_expression("SET batches_sent = :next, lease_until = :until")
+            .condition_expression("batches_sent = :this AND lease_owner = :me")
+            .expression_attribute_values(":next", AttributeValue::N((i + 1).to_string()))
+            .expression_attribute_values(":this", AttributeValue::N(i.to_string()))
+            .expression_attribute_values(":me", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(
+                ":until",
+                AttributeValue::N(lease::until(now_ms(), self.lease).to_string()),
+            )
+            .send()
+            .await;
+        match checkpoint {
+            Ok(_) => Outcome::Done,
+            Err(e) if lease::failed_condition(&e) => {
+                // This delivery's lease expired and another one took the cycle over.
+                warn!(cycle, batch = i, "another delivery took this cycle over");
+                Outcome::retry(
+                    CLAIMED_ELSEWHERE,
+                    format!("the fan-out of cycle {cycle} was taken over by another delivery before batch {i} was checkpointed"),
+                )
+            }
+            Err(e) => classify(&e).into_outcome(),
+        }
+    }
+
     async fn fan_out(&self, cycle: &str, results: Vec<OrderResult>) -> Outcome {
-        let start = match self.claim(cycle, &results).await {
+        let owner = lease::new_owner();
+        let start = match self.claim(cycle, &results, &owner).await {
             Ok(start) => start,
             Err(outcome) => return outcome,
+        };
+        // On a failure the checkpoints are true (a batch sent but not checkpointed is sent
+        // again anyway): the lease is given up, so the retry need not wait for it to expire.
+        let release = || {
+            lease::release(
+                &self.dynamodb,
+                &self.cycles_table,
+                ("cycle", Self::key(cycle)),
+                &owner,
+            )
         };
         for (i, batch) in results.chunks(10).enumerate().skip(start) {
             let entries = batch
@@ -311,38 +400,17 @@ impl<S: ResultsSource> CyclesHandler<S> {
             if let Err(e) =
                 fleet::queue::send_all(&self.sqs, &self.order_results_queue_url, entries).await
             {
+                release().await;
                 return e.into_outcome();
             }
             Metrics::add(&self.results_sent, batch.len() as u64);
-            let checkpoint = self
-                .dynamodb
-                .update_item()
-                .table_name(&self.cycles_table)
-                .key("cycle", Self::key(cycle))
-                .update_expression("SET batches_sent = :next")
-                .condition_expression("batches_sent = :this")
-                .expression_attribute_values(":next", AttributeValue::N((i + 1).to_string()))
-                .expression_attribute_values(":this", AttributeValue::N(i.to_string()))
-                .send()
-                .await;
-            match checkpoint {
-                Ok(_) => {}
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
-                {
-                    // Another delivery of this cycle is ahead of this one: let it finish.
-                    warn!(
-                        cycle,
-                        batch = i,
-                        "another delivery is fanning this cycle out"
-                    );
-                    return Outcome::retry(
-                        "concurrent-fan-out",
-                        format!("batch {i} of cycle {cycle} was checkpointed by another delivery"),
-                    );
+            match self.checkpoint(cycle, i, &owner).await {
+                Outcome::Done => {}
+                failed => {
+                    // (A no-op when the lease was lost: the release is conditional too.)
+                    release().await;
+                    return failed;
                 }
-                Err(e) => return classify(&e).into_outcome(),
             }
         }
         let done = self
@@ -350,19 +418,53 @@ impl<S: ResultsSource> CyclesHandler<S> {
             .update_item()
             .table_name(&self.cycles_table)
             .key("cycle", Self::key(cycle))
-            .update_expression("SET #status = :done, finished_at = :now")
+            .update_expression(
+                "SET #status = :done, finished_at = :now REMOVE lease_owner, lease_until",
+            )
+            .condition_expression("lease_owner = :me")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":done", AttributeValue::S(FANNED_OUT.into()))
+            .expression_attribute_values(":me", AttributeValue::S(owner.clone()))
             .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
             .send()
             .await;
-        if let Err(e) = done {
-            return classify(&e).into_outcome();
+        match done {
+            Ok(_) => {}
+            Err(e) if lease::failed_condition(&e) => {
+                // Every batch is checkpointed; the delivery that took over marks it done.
+                return Outcome::retry(
+                    CLAIMED_ELSEWHERE,
+                    format!("the fan-out of cycle {cycle} was taken over by another delivery before it was marked done"),
+                );
+            }
+            Err(e) => return classify(&e).into_outcome(),
         }
         Metrics::incr(&self.cycles_fanned_out);
         info!(cycle, results = results.len(), "cycle fanned out");
         Outcome::Done
     }
+}
+
+/// What a delivery whose claim on a cycle was refused does, given the record as it was:
+/// nothing when the cycle is fanned out, nothing ever when its results changed (an operator
+/// decides), later when another delivery holds the lease.
+fn refusal(cycle: &str, hash: &str, record: &Item) -> Outcome {
+    if lease::string(record, "status") == Some(FANNED_OUT) {
+        return Outcome::Duplicate;
+    }
+    if lease::string(record, "results_sha256").is_some_and(|h| h != hash) {
+        return Outcome::permanent(
+            "results-changed",
+            format!("the results of cycle {cycle} differ from the ones whose fan-out began; an operator must decide"),
+        );
+    }
+    Outcome::retry(
+        CLAIMED_ELSEWHERE,
+        format!(
+            "cycle {cycle} is being fanned out by another delivery ({})",
+            lease::holder(record)
+        ),
+    )
 }
 
 impl<S: ResultsSource> Handler for CyclesHandler<S> {
@@ -405,6 +507,47 @@ impl<S: ResultsSource> Handler for CyclesHandler<S> {
             }
             Err(e) if past_deadline => self.give_up(&cycle, e.to_string()).await,
             Err(e) => Outcome::retry(e.kind(), e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::lease::test_item as record;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn a_refused_claim_is_a_duplicate_a_conflict_or_a_retry() {
+        let done = record(&[("status", FANNED_OUT), ("results_sha256", "h1")]);
+        assert_eq!(refusal("c", "h1", &done), Outcome::Duplicate);
+        assert_eq!(
+            refusal("c", "h2", &done),
+            Outcome::Duplicate,
+            "done is done"
+        );
+        let changed = record(&[("status", FANNING_OUT), ("results_sha256", "h1")]);
+        assert!(matches!(
+            refusal("c", "h2", &changed),
+            Outcome::Permanent(r) if r.kind == "results-changed"
+        ));
+        let busy = record(&[
+            ("status", FANNING_OUT),
+            ("results_sha256", "h1"),
+            ("lease_owner", "9-cd"),
+        ]);
+        match refusal("c", "h1", &busy) {
+            Outcome::Retry(r) => {
+                assert_eq!(r.kind, CLAIMED_ELSEWHERE);
+                assert!(r.message.contains("held by 9-cd"), "{}", r.message);
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -10,9 +10,14 @@
 //! ```
 //!
 //! Two binaries share this crate: `results-worker` ([`cycles`]) and `order-results-worker`
-//! ([`order_results`]); both notify through [`notify::Notifier`] (once per id).
+//! ([`order_results`]); both notify through [`notify::Notifier`] (once per id). Both claim
+//! their work in DynamoDB under a [`lease`]: one delivery at a time publishes a notification or
+//! fans a cycle out.
+
+use std::time::Duration;
 
 pub mod cycles;
+pub mod lease;
 pub mod notify;
 pub mod order_results;
 pub mod source;
@@ -26,19 +31,37 @@ pub struct NotificationArgs {
     /// The dedupe table of notifications (partition key `notification_id`).
     #[arg(long, env = "NOTIFICATIONS_TABLE", value_name = "TABLE")]
     pub notifications_table: String,
+    /// How long a delivery's claim on a notification lasts, seconds: a delivery that dies
+    /// holding it delays the notification this long. A publish may take half of it. Keep it
+    /// well below the time a delivery that waits for the claim spends in its retries before
+    /// its queue's redrive policy gives up (order-results: 5 receives, about 15 s at least with
+    /// the default 2 s retry base).
+    #[arg(long, env = "NOTIFICATION_LEASE_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub notification_lease_secs: u64,
 }
 
 impl NotificationArgs {
-    /// The notifier, with its own SNS client.
+    /// The notifier, with its own SNS client, which gives up on a publish after
+    /// [`notify::publish_limit`] (within the claim's lease).
     pub fn notifier(
         self,
         sdk: &aws_config::SdkConfig,
         dynamodb: aws_sdk_dynamodb::Client,
         metrics: &fleet::Metrics,
     ) -> notify::Notifier {
+        let lease = Duration::from_secs(self.notification_lease_secs);
+        let limit = notify::publish_limit(lease);
         let sns = aws_sdk_sns::Client::from_conf(
             aws_sdk_sns::config::Builder::from(sdk)
                 .interceptor(fleet::aws::KeepAliveOnPlainHttp)
+                .timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(fleet::aws::CONNECT_TIMEOUT.min(limit))
+                        .operation_attempt_timeout(fleet::aws::ATTEMPT_TIMEOUT.min(limit))
+                        .operation_timeout(limit)
+                        .build(),
+                )
                 .build(),
         );
         notify::Notifier::new(
@@ -46,6 +69,7 @@ impl NotificationArgs {
             dynamodb,
             self.topic_arn,
             self.notifications_table,
+            lease,
             metrics,
         )
     }

@@ -190,6 +190,12 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+
+    #[test]
     fn keys_notifications_and_validation() {
         let r = result(
             r#"{"cycle":"c-1","record_id":"r-1","status":"rejected","reason":"price too low","price":2.1}"#,

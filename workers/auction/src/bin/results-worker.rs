@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
         order_results_queue_url: c.order_results_queue_url,
         cycles_table: c.cycles_table,
         deadline: Duration::from_secs(c.deadline_secs),
+        lease: Duration::from_secs(c.cycle_lease_secs),
     };
     let notifications = c.notifications;
     fleet::worker::run("results-worker", c.worker, |sdk, metrics| async move {
