@@ -1,0 +1,134 @@
+//! FIFO lines: one task per message group handles its messages in order; a retried message
+//! holds the rest of its line back behind it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::handle::process;
+use super::settle::change_visibility_many;
+use super::{Flow, Shared};
+use crate::message::{Handler, Message};
+
+/// Splits a FIFO batch into its message groups: groups in order of first appearance, each
+/// group's messages in the order SQS returned them (their order in the queue).
+pub(super) fn in_groups(messages: Vec<Message>) -> Vec<(String, Vec<Message>)> {
+    let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for message in messages {
+        let group = message.group_id.clone().unwrap_or_default();
+        match index.get(&group) {
+            Some(&i) => groups[i].1.push(message),
+            None => {
+                index.insert(group.clone(), groups.len());
+                groups.push((group, vec![message]));
+            }
+        }
+    }
+    groups
+}
+
+/// Handles the line of one FIFO group in order, including messages that join it meanwhile.
+/// When one is held back for a retry (or handed back at shutdown), the rest of the line goes
+/// back behind it unhandled.
+pub(super) async fn process_group<H: Handler>(shared: Arc<Shared<H>>, group: String) {
+    // When the visibility of the whole line was last set (at receive, then by heartbeats);
+    // messages that joined later were received later, so this is conservative for them.
+    let mut extended = Instant::now();
+    loop {
+        let next = {
+            let mut groups = shared.groups.lock().expect("groups lock");
+            let line = groups.get_mut(&group).expect("a running group has a line");
+            let next = line.pop_front();
+            if next.is_none() {
+                groups.remove(&group);
+            }
+            next
+        };
+        let Some((message, permit)) = next else {
+            return;
+        };
+        let flow = process(&shared, message, permit, Some(&group), &mut extended).await;
+        if let Flow::Hold(secs) = flow {
+            hold_back(&shared, &group, secs).await;
+            return;
+        }
+    }
+}
+
+/// Puts the unhandled rest of a FIFO line back behind a message that becomes visible in
+/// `secs`: one second later, so that the held message is received first again. Messages that
+/// join the line meanwhile go back too; then the line ends.
+async fn hold_back<H: Handler>(shared: &Shared<H>, group: &str, secs: i32) {
+    let behind = if secs == 0 { 0 } else { secs + 1 };
+    loop {
+        let rest: Vec<(Message, OwnedSemaphorePermit)> = {
+            let mut groups = shared.groups.lock().expect("groups lock");
+            let line = groups.get_mut(group).expect("a running group has a line");
+            if line.is_empty() {
+                groups.remove(group);
+                return;
+            }
+            line.drain(..).collect()
+        };
+        let (messages, permits): (Vec<Message>, Vec<OwnedSemaphorePermit>) =
+            rest.into_iter().unzip();
+        for permit in permits {
+            shared.limit.release(permit);
+        }
+        shared
+            .metrics
+            .held_back
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        debug!(
+            count = messages.len(),
+            visible_in_secs = behind,
+            "holding back the rest of the group"
+        );
+        change_visibility_many(shared, &messages, behind).await;
+    }
+}
+
+/// The messages waiting in a FIFO line (for the heartbeat).
+pub(super) fn waiting_in<H: Handler>(shared: &Shared<H>, group: Option<&String>) -> Vec<Message> {
+    let Some(group) = group else {
+        return Vec::new();
+    };
+    let groups = shared.groups.lock().expect("groups lock");
+    groups
+        .get(group)
+        .map(|line| line.iter().map(|(m, _)| m.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_group(id: &str, group: &str) -> Message {
+        Message {
+            message_id: id.into(),
+            group_id: Some(group.into()),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn a_fifo_batch_splits_into_groups_keeping_order() {
+        let batch = ["a1", "b1", "a2", "c1", "b2", "a3"]
+            .map(|id| in_group(id, &id[..1]))
+            .to_vec();
+        let groups: Vec<Vec<String>> = in_groups(batch)
+            .into_iter()
+            .map(|(_, g)| g.into_iter().map(|m| m.message_id).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            vec![vec!["a1", "a2", "a3"], vec!["b1", "b2"], vec!["c1"]]
+        );
+    }
+}
