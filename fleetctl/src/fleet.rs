@@ -64,25 +64,63 @@ impl Fleet {
             .context("no QueueArn")
     }
 
-    /// The latest `ApproximateAgeOfOldestMessage` (seconds) CloudWatch has for a queue over the
-    /// last 10 minutes; `None` when it has no data (an idle queue, or an emulator that does not
-    /// publish it).
+    /// CloudWatch's `ApproximateAgeOfOldestMessage` of a queue (SQS publishes it nowhere else):
+    /// the latest minute of the last ten, seconds.
     pub(crate) async fn oldest_age_from_cloudwatch(&self, queue_name: &str) -> Result<Option<u64>> {
+        let age = self
+            .latest_maximum(
+                "AWS/SQS",
+                "ApproximateAgeOfOldestMessage",
+                &[("QueueName", queue_name)],
+                600,
+            )
+            .await?;
+        Ok(age.map(|a| a.max(0.0) as u64))
+    }
+
+    /// Whether a worker's circuit breaker is open (its `breaker_open` metric in the last five
+    /// minutes; `None` without data, e.g. a worker that does not run).
+    pub(crate) async fn breaker_open(
+        &self,
+        worker: &str,
+        queue_name: &str,
+    ) -> Result<Option<bool>> {
+        let open = self
+            .latest_maximum(
+                fleet::metrics::NAMESPACE,
+                "breaker_open",
+                &[("Worker", worker), ("Queue", queue_name)],
+                300,
+            )
+            .await?;
+        Ok(open.map(|v| v >= 1.0))
+    }
+
+    /// The maximum of a metric in its latest one-minute bucket within the last `window_secs`.
+    async fn latest_maximum(
+        &self,
+        namespace: &str,
+        metric: &str,
+        dimensions: &[(&str, &str)],
+        window_secs: u64,
+    ) -> Result<Option<f64>> {
         use aws_sdk_cloudwatch::primitives::DateTime;
         use aws_sdk_cloudwatch::types::{Dimension, Statistic};
         let now = std::time::SystemTime::now();
         let out = self
             .cloudwatch
             .get_metric_statistics()
-            .namespace("AWS/SQS")
-            .metric_name("ApproximateAgeOfOldestMessage")
-            .dimensions(
-                Dimension::builder()
-                    .name("QueueName")
-                    .value(queue_name)
-                    .build(),
-            )
-            .start_time(DateTime::from(now - std::time::Duration::from_secs(600)))
+            .namespace(namespace)
+            .metric_name(metric)
+            .set_dimensions(Some(
+                dimensions
+                    .iter()
+                    .map(|(name, value)| Dimension::builder().name(*name).value(*value).build())
+                    .collect(),
+            ))
+            .start_time(DateTime::from(
+                now - std::time::Duration::from_secs(window_secs),
+            ))
             // A minute ahead: the current minute's bucket is dated after `now`.
             .end_time(DateTime::from(now + std::time::Duration::from_secs(60)))
             .period(60)
@@ -95,7 +133,7 @@ impl Fleet {
             .iter()
             .filter_map(|d| Some((d.timestamp()?.secs(), d.maximum()?)))
             .max_by_key(|(at, _)| *at)
-            .map(|(_, age)| age.max(0.0) as u64))
+            .map(|(_, value)| value))
     }
 
     /// Message counts of a queue.

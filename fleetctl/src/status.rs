@@ -24,6 +24,11 @@ pub(crate) struct QueueStatus {
     pub(crate) dlq_depth: u64,
     /// Age of the oldest DLQ message, seconds: CloudWatch's, else the oldest of a sample of 10.
     pub(crate) dlq_oldest_age_secs: Option<u64>,
+    /// The worker consuming it.
+    pub(crate) worker: String,
+    /// Whether that worker's circuit breaker is open (a dependency is down): its `breaker_open`
+    /// metric in CloudWatch, `None` without data.
+    pub(crate) breaker_open: Option<bool>,
 }
 
 /// Status of every queue of the topology.
@@ -39,7 +44,7 @@ pub(crate) async fn collect(fleet: &Fleet) -> Result<Vec<QueueStatus>> {
             None
         }
     };
-    for key in fleet.topology.queues.keys() {
+    for (key, spec) in &fleet.topology.queues {
         let url = fleet.url(key, false).await?;
         let dlq = fleet.url(key, true).await?;
         let counts = fleet.counts(&url).await?;
@@ -65,7 +70,13 @@ pub(crate) async fn collect(fleet: &Fleet) -> Result<Vec<QueueStatus>> {
         } else {
             None
         };
+        let breaker = fleet
+            .breaker_open(&spec.worker, &fleet.name(key, false))
+            .await;
+        let breaker_open = from_cloudwatch(breaker.map(|open| open.map(u64::from))).map(|v| v == 1);
         out.push(QueueStatus {
+            worker: spec.worker.clone(),
+            breaker_open,
             queue: key.clone(),
             counts,
             oldest_age_secs,
@@ -108,12 +119,12 @@ pub(crate) fn human_age(secs: u64) -> String {
 /// The table for people.
 pub(crate) fn table(rows: &[QueueStatus]) -> String {
     let mut out = format!(
-        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
-        "QUEUE", "VISIBLE", "IN-FLIGHT", "DELAYED", "DLQ", "DLQ-OLDEST"
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>11} {:>8}\n",
+        "QUEUE", "VISIBLE", "IN-FLIGHT", "DELAYED", "DLQ", "DLQ-OLDEST", "BREAKER"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
+            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>11} {:>8}\n",
             r.queue,
             r.counts.visible,
             r.counts.in_flight,
@@ -121,6 +132,11 @@ pub(crate) fn table(rows: &[QueueStatus]) -> String {
             r.dlq_depth,
             r.dlq_oldest_age_secs
                 .map_or_else(|| "-".to_owned(), human_age),
+            match r.breaker_open {
+                Some(true) => "OPEN",
+                Some(false) => "closed",
+                None => "-",
+            },
         ));
     }
     out

@@ -62,6 +62,48 @@ async fn status_reports_queue_counts_and_fails_when_a_dlq_holds_messages() -> Re
     let (_, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
     let status: Value = serde_json::from_str(&out)?;
     assert_eq!(payments_row(&status)["oldest_age_secs"], 42, "{status}");
+    assert!(
+        payments_row(&status)["breaker_open"].is_null(),
+        "no breaker data yet: {status}"
+    );
+
+    // A worker whose dependency is down reports its breaker open in its EMF lines: put that
+    // datum as CloudWatch would make it, and status shows the breaker.
+    cloudwatch
+        .put_metric_data()
+        .namespace(fleet::metrics::NAMESPACE)
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name("breaker_open")
+                .dimensions(
+                    Dimension::builder()
+                        .name("Worker")
+                        .value("payments-worker")
+                        .build(),
+                )
+                .dimensions(
+                    Dimension::builder()
+                        .name("Queue")
+                        .value(&queue.name)
+                        .build(),
+                )
+                .value(1.0)
+                .unit(StandardUnit::Count)
+                .build(),
+        )
+        .send()
+        .await?;
+    let (_, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
+    let status: Value = serde_json::from_str(&out)?;
+    assert_eq!(payments_row(&status)["breaker_open"], true, "{status}");
+    assert_eq!(payments_row(&status)["worker"], "payments-worker");
+    let (_, table, _) = fleetctl(&stack, &["status"]).await?;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("payments ") && l.ends_with("OPEN")),
+        "{table}"
+    );
 
     dead_letter_payments(&stack, "conflict", &payments("dead", 2)).await?;
     let (code, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
