@@ -609,6 +609,8 @@ pub struct Proxy {
     pub port: u16,
     delay: Duration,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The connections being forwarded, so that [`Proxy::stop`] can cut them.
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Proxy {
@@ -621,6 +623,7 @@ impl Proxy {
             port,
             delay,
             task: None,
+            connections: Arc::default(),
         })
     }
 
@@ -636,44 +639,59 @@ impl Proxy {
             .trim_end_matches('/')
             .to_owned();
         let delay = self.delay;
+        let connections = self.connections.clone();
         self.task = Some(tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let upstream = async {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = client_read.read(&mut buf).await?;
-                            if n == 0 {
-                                return server_write.shutdown().await;
+                let mut open = connections.lock().unwrap();
+                open.retain(|c| !c.is_finished());
+                open.push(
+                    tokio::spawn(async move {
+                        let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let (mut client_read, mut client_write) = client.into_split();
+                        let (mut server_read, mut server_write) = server.into_split();
+                        let upstream = async {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = client_read.read(&mut buf).await?;
+                                if n == 0 {
+                                    return server_write.shutdown().await;
+                                }
+                                if !delay.is_zero() {
+                                    tokio::time::sleep(delay).await;
+                                }
+                                server_write.write_all(&buf[..n]).await?;
                             }
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
-                            }
-                            server_write.write_all(&buf[..n]).await?;
-                        }
-                    };
-                    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
-                    let _: (std::io::Result<()>, std::io::Result<u64>) =
-                        tokio::join!(upstream, downstream);
-                });
+                        };
+                        let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+                        let _: (std::io::Result<()>, std::io::Result<u64>) =
+                            tokio::join!(upstream, downstream);
+                    })
+                    .abort_handle(),
+                );
             }
         }));
         Ok(())
+    }
+
+    /// Stops forwarding: the port refuses new connections and every open one is cut, as when
+    /// the dependency behind it goes down. [`Proxy::start`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.stop();
     }
 }
 
@@ -1031,4 +1049,39 @@ pub async fn terminate_all(workers: impl IntoIterator<Item = Worker>) -> Result<
         anyhow::ensure!(code == Some(0), "exit {code:?}: {}", worker.stderr_text());
     }
     Ok(())
+}
+
+/// The ids of the stack's two API keys, `(key, other key)`: on the local stack (and in any
+/// deployment without a Cognito user pool) a caller's owner id is the id of its API key
+/// (`$context.identity.apiKeyId`; see docs/security.md). Asked of API Gateway with the
+/// provisioner's Python, the way `provision.py` finds its keys.
+pub async fn api_key_ids(stack: &Stack) -> Result<(String, String)> {
+    let python = std::env::var_os("FLEET_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".localstack/venv/bin/python"));
+    let script = "import boto3, json, os, sys\n\
+        c = boto3.client('apigateway', endpoint_url=sys.argv[1], region_name=sys.argv[2],\n\
+            aws_access_key_id=os.environ.get('AWS_ACCESS_KEY_ID', 'test'),\n\
+            aws_secret_access_key=os.environ.get('AWS_SECRET_ACCESS_KEY', 'test'))\n\
+        items = c.get_api_keys(nameQuery=sys.argv[3], includeValues=True, limit=500)['items']\n\
+        print(json.dumps({k['value']: k['id'] for k in items if k['name'].startswith(sys.argv[3])}))";
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
+    let output = Command::new(&python)
+        .args(["-c", script, &endpoint(), &region, &stack.info.prefix])
+        .output()
+        .await
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!(
+            "listing the API keys failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let ids: HashMap<String, String> = serde_json::from_slice(&output.stdout)?;
+    let id = |value: &str| {
+        ids.get(value)
+            .cloned()
+            .with_context(|| format!("no API key of {} has this value", stack.info.prefix))
+    };
+    Ok((id(&stack.info.api.key)?, id(&stack.info.api.other_key)?))
 }

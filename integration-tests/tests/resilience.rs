@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use integration_tests::{binary, eventually, payments, Proxy, Stack, Worker};
 
 const WORKER: &str = "payments-worker";
@@ -226,7 +226,16 @@ async fn drain_through_an_outage(
     eventually(Duration::from_secs(90), "the queue drained", || async {
         Ok((stack.depth(&queue.url).await? == 0).then_some(()))
     })
-    .await?;
+    .await
+    .with_context(|| {
+        let log = worker.stderr_text();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        format!(
+            "totals {:?}; last log lines (newest first):\n{}",
+            worker.totals(),
+            tail.join("\n")
+        )
+    })?;
     let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
     assert_eq!(code, Some(0), "{}", worker.stderr_text());
     let stored = stack.count_rows(&table).await?;

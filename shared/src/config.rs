@@ -28,6 +28,9 @@ pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const BREAKER_FIRST_OPEN: Duration = Duration::from_secs(1);
 /// Default longest pause between two probes: a recovery is noticed within this.
 pub const DEFAULT_BREAKER_MAX_OPEN_SECS: u64 = 20;
+/// A probe that has not settled within this counts as failed (the engine then probes with
+/// another message): longer than any handler should take.
+pub const BREAKER_PROBE_DEADLINE: Duration = Duration::from_secs(60);
 /// Default longest outage a message is kept going round for (1 day; queues keep 4).
 pub const DEFAULT_OUTAGE_MAX_SECS: u64 = 86_400;
 
@@ -187,6 +190,7 @@ impl EngineConfig {
             first_open: BREAKER_FIRST_OPEN,
             max_open: Duration::from_secs(self.breaker_max_open_secs),
             max_outage: Duration::from_secs(self.outage_max_secs),
+            probe_deadline: BREAKER_PROBE_DEADLINE,
         }
     }
 

@@ -11,13 +11,18 @@
 //! answers at once, with nothing to wait for. That is the least CPU one payment's write can
 //! cost through the AWS SDK on this machine, whatever the engine does around it.
 //!
+//! With `--outage-secs S` it measures an outage instead: DynamoDB (a TCP proxy on the worker's
+//! `AWS_ENDPOINT_URL_DYNAMODB`) is cut once a quarter of the payments are stored, for S
+//! seconds, then restored; it prints what was stored and dead-lettered and how long the worker
+//! took after the recovery to run at its pre-outage rate again.
+//!
 //! Run with `scripts/bench` (release build); `--help` lists the options.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use integration_tests::{eventually, payments, root, send_payments, Stack, Worker};
+use integration_tests::{eventually, payments, root, send_payments, Proxy, Stack, Worker};
 
 #[derive(Debug, Parser)]
 #[command(about = "Drain N payments through payments-worker on LocalStack and report its cost")]
@@ -40,6 +45,9 @@ struct Args {
     /// PutItem calls for the SDK floor (0 skips it).
     #[arg(long, default_value_t = 5000)]
     floor_calls: usize,
+    /// Cut DynamoDB for this many seconds mid-drain and report the outage (0: no outage).
+    #[arg(long, default_value_t = 0)]
+    outage_secs: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -99,6 +107,9 @@ async fn main() -> Result<()> {
         sent??;
     }
 
+    if args.outage_secs > 0 {
+        return outage(&args, &stack, &queue).await;
+    }
     let mut env = stack.worker_env("payments-worker");
     env.insert("FLEET_MAX_IN_FLIGHT".into(), args.max_in_flight.to_string());
     env.insert("FLEET_LOG_FORMAT".into(), "json".into());
@@ -179,6 +190,102 @@ async fn main() -> Result<()> {
         println!("{report}");
     } else {
         println!("payments-worker benchmark (release build, N = {})", args.n);
+        for (key, value) in report.as_object().unwrap() {
+            println!("  {key:<34} {value}");
+        }
+    }
+    if rows != args.n {
+        bail!("{rows} rows stored for {} payments", args.n);
+    }
+    Ok(())
+}
+
+/// Drains the payments through an outage of DynamoDB (see the module doc) with the worker's
+/// default retry and breaker settings, and prints the figures.
+async fn outage(args: &Args, stack: &Stack, queue: &integration_tests::Queue) -> Result<()> {
+    let n = args.n as u64;
+    let mut proxy = Proxy::reserve(Duration::ZERO).await?;
+    proxy.start().await?;
+    let mut env = stack.worker_env("payments-worker");
+    env.insert("FLEET_MAX_IN_FLIGHT".into(), args.max_in_flight.to_string());
+    env.insert("RUST_LOG".into(), "warn,fleet::engine=info".into());
+    env.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url());
+    // The production schedule, not the test harness's short one.
+    env.remove("FLEET_RETRY_BASE_MS");
+    let worker = Worker::spawn("payments-worker", &env)?;
+    let succeeded = |w: &Worker| w.totals().get("succeeded").copied().unwrap_or(0);
+    let handled = |w: &Worker| {
+        let t = w.totals();
+        ["succeeded", "duplicates", "dead_lettered"]
+            .iter()
+            .map(|k| t.get(*k).copied().unwrap_or(0))
+            .sum::<u64>()
+    };
+    eprintln!(
+        "draining {n} payments; DynamoDB is cut once {} are stored",
+        n / 4
+    );
+    let started = Instant::now();
+    eventually(Duration::from_secs(600), "a quarter stored", || async {
+        Ok((succeeded(&worker) >= n / 4).then_some(()))
+    })
+    .await?;
+    let before_rate = succeeded(&worker) as f64 / started.elapsed().as_secs_f64();
+    proxy.stop();
+    eprintln!("DynamoDB cut for {} s", args.outage_secs);
+    tokio::time::sleep(Duration::from_secs(args.outage_secs)).await;
+    let stored_during = succeeded(&worker);
+    proxy.start().await?;
+    let back = Instant::now();
+    eprintln!("DynamoDB back");
+    // Recovered: a second in which the worker stored at least 80 % of its pre-outage rate
+    // (or nothing was left to store).
+    let mut last = succeeded(&worker);
+    let recovered_after = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = succeeded(&worker);
+        if now - last >= (before_rate * 0.8) as u64 || handled(&worker) >= n {
+            break back.elapsed().as_secs_f64();
+        }
+        if back.elapsed() > Duration::from_secs(900) {
+            bail!("no recovery within 15 minutes");
+        }
+        last = now;
+    };
+    eventually(
+        Duration::from_secs(1800),
+        "all payments handled",
+        || async { Ok((handled(&worker) >= n).then_some(())) },
+    )
+    .await?;
+    let (code, _, worker) = worker.terminate(Duration::from_secs(60)).await?;
+    if code != Some(0) {
+        bail!("worker exited with {code:?}: {}", worker.stderr_text());
+    }
+    let totals = worker.totals();
+    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    let rows = stack.count_rows(stack.table("payments")).await?;
+    let report = serde_json::json!({
+        "n": args.n,
+        "outage_secs": args.outage_secs,
+        "rows_stored": rows,
+        "dead_lettered": stack.depth(&queue.dlq_url).await?,
+        "stored_during_outage": stored_during.saturating_sub(n / 4),
+        "rate_before_msgs_per_s": (before_rate * 10.0).round() / 10.0,
+        "full_rate_again_after_secs": (recovered_after * 10.0).round() / 10.0,
+        "total_secs": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "retried": get("retried"),
+        "requeued": get("requeued"),
+        "breaker_opened": get("breaker_opened"),
+        "received": get("received"),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "payments-worker outage (N = {}, DynamoDB cut for {} s)",
+            args.n, args.outage_secs
+        );
         for (key, value) in report.as_object().unwrap() {
             println!("  {key:<34} {value}");
         }

@@ -47,6 +47,9 @@ pub struct BreakerPolicy {
     /// How long a message may be kept going round during an outage before it is dead-lettered
     /// after all.
     pub max_outage: Duration,
+    /// A probe that has not settled by then (its handler hangs, or it was handed back without
+    /// an outcome) counts as failed, so that the breaker never waits on it for ever.
+    pub probe_deadline: Duration,
 }
 
 /// What the receive loop may do now.
@@ -56,8 +59,11 @@ pub(crate) enum Admit {
     Full,
     /// Receive one message: it probes the dependency.
     Probe,
-    /// Receive nothing until this instant (or until the state changes).
-    Wait(Instant),
+    /// The breaker is open: receive nothing until this instant (or until the state changes).
+    /// Waiting out an outage is what a healthy worker does.
+    Paused(Instant),
+    /// A probe is out: receive nothing until it settles (look again at this instant).
+    ProbeOut(Instant),
 }
 
 /// What a settled message says about the dependency.
@@ -73,9 +79,18 @@ pub(crate) enum Signal {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant, open_for: Duration },
-    Probing { open_for: Duration, probe_out: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+        open_for: Duration,
+    },
+    /// `probe_out`: since when a probe is out, if one is.
+    Probing {
+        open_for: Duration,
+        probe_out: Option<Instant>,
+    },
 }
 
 /// The breaker of one engine (one queue, one handler).
@@ -111,31 +126,57 @@ impl Breaker {
         let mut state = self.lock();
         match *state {
             State::Closed { .. } => Admit::Full,
-            State::Open { until, open_for } if now >= until => {
-                *state = State::Probing {
-                    open_for,
-                    probe_out: true,
-                };
+            State::Open { until, .. } if now < until => Admit::Paused(until),
+            State::Open { open_for, .. } => {
                 info!(
                     open_secs = open_for.as_secs_f64(),
                     "breaker half-open: probing with one message"
                 );
-                Admit::Probe
-            }
-            State::Open { until, .. } => Admit::Wait(until),
-            State::Probing {
-                open_for,
-                probe_out: false,
-            } => {
                 *state = State::Probing {
                     open_for,
-                    probe_out: true,
+                    probe_out: Some(now),
                 };
                 Admit::Probe
             }
-            // The probe is out: check again in a second (or when it settles).
-            State::Probing { .. } => Admit::Wait(now + Duration::from_secs(1)),
+            State::Probing {
+                open_for,
+                probe_out: None,
+            } => {
+                *state = State::Probing {
+                    open_for,
+                    probe_out: Some(now),
+                };
+                Admit::Probe
+            }
+            State::Probing {
+                open_for,
+                probe_out: Some(since),
+            } if now >= since + self.policy.probe_deadline => {
+                warn!(
+                    waited_secs = (now - since).as_secs_f64(),
+                    "the probe did not settle in time: counted as failed"
+                );
+                let until = self.reopen(&mut state, open_for, now);
+                Admit::Paused(until)
+            }
+            // Look again in a second (or as soon as the probe settles).
+            State::Probing {
+                probe_out: Some(since),
+                ..
+            } => Admit::ProbeOut(
+                (now + Duration::from_secs(1)).min(since + self.policy.probe_deadline),
+            ),
         }
+    }
+
+    /// Open again after a failed probe, for twice as long (at most the policy's maximum);
+    /// returns until when.
+    fn reopen(&self, state: &mut State, open_for: Duration, now: Instant) -> Instant {
+        let open_for = (open_for * 2).min(self.policy.max_open);
+        let until = now + open_for;
+        *state = State::Open { until, open_for };
+        self.changed.notify_waiters();
+        until
     }
 
     /// The probe's receive brought back `received` messages (none: probe again).
@@ -204,16 +245,11 @@ impl Breaker {
             }
             State::Open { .. } => true,
             State::Probing { open_for, .. } => {
-                let open_for = (open_for * 2).min(self.policy.max_open);
-                *state = State::Open {
-                    until: now + open_for,
-                    open_for,
-                };
+                let until = self.reopen(&mut state, open_for, now);
                 info!(
-                    open_secs = open_for.as_secs_f64(),
+                    open_secs = (until - now).as_secs_f64(),
                     "probe failed: breaker stays open"
                 );
-                self.changed.notify_waiters();
                 true
             }
         }
@@ -223,12 +259,12 @@ impl Breaker {
         let mut state = self.lock();
         if let State::Probing {
             open_for,
-            probe_out: true,
+            probe_out: Some(_),
         } = *state
         {
             *state = State::Probing {
                 open_for,
-                probe_out: false,
+                probe_out: None,
             };
             self.changed.notify_waiters();
         }
@@ -250,6 +286,7 @@ mod tests {
                 first_open: Duration::from_secs(1),
                 max_open: Duration::from_secs(4),
                 max_outage: Duration::from_secs(3600),
+                probe_deadline: Duration::from_secs(30),
             },
             Metrics::new(),
         )
@@ -266,7 +303,7 @@ mod tests {
         assert!(!b.record(Signal::Down, t));
         assert_eq!(b.admit(t), Admit::Full);
         assert!(b.record(Signal::Down, t), "the third in a row opens it");
-        assert_eq!(b.admit(t), Admit::Wait(t + Duration::from_secs(1)));
+        assert_eq!(b.admit(t), Admit::Paused(t + Duration::from_secs(1)));
         assert_eq!(b.metrics.breaker_open.load(Ordering::Relaxed), 1);
         assert_eq!(b.metrics.breaker_opened.load(Ordering::Relaxed), 1);
         assert!(
@@ -283,9 +320,12 @@ mod tests {
         let mut at = t;
         for open_for in [1, 2, 4, 4] {
             at += Duration::from_secs(open_for);
-            assert_eq!(b.admit(at - Duration::from_millis(1)), Admit::Wait(at));
+            assert_eq!(b.admit(at - Duration::from_millis(1)), Admit::Paused(at));
             assert_eq!(b.admit(at), Admit::Probe);
-            assert!(matches!(b.admit(at), Admit::Wait(_)), "one probe at a time");
+            assert!(
+                matches!(b.admit(at), Admit::ProbeOut(_)),
+                "one probe at a time"
+            );
             assert!(b.record(Signal::Down, at), "the probe failed");
         }
         at += Duration::from_secs(4);
@@ -320,5 +360,23 @@ mod tests {
             assert!(!b.record(Signal::Down, t));
         }
         assert_eq!(b.admit(t), Admit::Full);
+    }
+
+    #[test]
+    fn a_probe_that_never_settles_counts_as_failed_at_its_deadline() {
+        let b = breaker(1);
+        let t = Instant::now();
+        b.record(Signal::Down, t);
+        let probe_at = t + Duration::from_secs(1);
+        assert_eq!(b.admit(probe_at), Admit::Probe);
+        let almost = probe_at + Duration::from_secs(29);
+        assert!(matches!(b.admit(almost), Admit::ProbeOut(_)));
+        let deadline = probe_at + Duration::from_secs(30);
+        assert_eq!(
+            b.admit(deadline),
+            Admit::Paused(deadline + Duration::from_secs(2)),
+            "open again, for twice as long"
+        );
+        assert_eq!(b.admit(deadline + Duration::from_secs(2)), Admit::Probe);
     }
 }

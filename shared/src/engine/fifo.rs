@@ -9,6 +9,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::breaker::Signal;
 use super::handle::process;
 use super::settle::change_visibility_many;
 use super::{Flow, Shared};
@@ -80,6 +81,8 @@ async fn hold_back<H: Handler>(shared: &Shared<H>, group: &str, secs: i32) {
         for permit in permits {
             shared.limit.release(permit);
         }
+        // A probe among them settles without an outcome: let another go.
+        shared.breaker.record(Signal::Neutral, Instant::now());
         shared
             .metrics
             .held_back

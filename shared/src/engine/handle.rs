@@ -10,6 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
+use super::breaker::Signal;
 use super::fifo::waiting_in;
 use super::settle::{change_visibility, change_visibility_many, settle};
 use super::{Flow, Shared};
@@ -43,6 +44,8 @@ pub(super) async fn process<H: Handler>(
         shared.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         shared.progress.mark();
         let Some(outcome) = outcome else {
+            // Handed back unhandled: if it was a probe, let another go.
+            shared.breaker.record(Signal::Neutral, Instant::now());
             return Flow::Hold(0);
         };
         let elapsed_ms = elapsed.as_millis() as u64;

@@ -41,13 +41,17 @@ impl<H: Handler> Engine<H> {
                 permit = shared.limit.acquire_batch(batch_size, BATCH_FILL_WAIT) => permit,
             };
             // While the dependency is down, receive nothing (or one probe).
-            let (max, probe) = match shared.breaker.admit(Instant::now()) {
+            let admit = shared.breaker.admit(Instant::now());
+            let (max, probe) = match admit {
                 Admit::Full => (batch.num_permits() as u32, false),
                 Admit::Probe => (1, true),
-                Admit::Wait(until) => {
+                Admit::Paused(until) | Admit::ProbeOut(until) => {
                     shared.limit.release_many(batch);
-                    // Waiting out an outage is what a healthy worker does now.
-                    shared.progress.mark();
+                    if matches!(admit, Admit::Paused(_)) {
+                        // Waiting out an outage is what a healthy worker does now; waiting on
+                        // a probe is not (its deadline bounds that).
+                        shared.progress.mark();
+                    }
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => break,

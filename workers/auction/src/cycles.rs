@@ -38,7 +38,9 @@ use tracing::{info, warn};
 use crate::lease::{self, Item, CLAIMED_ELSEWHERE, FREE_OR_MINE};
 use crate::notify::{safe_id, Notification, Notifier};
 use crate::order_results::OrderResult;
-use crate::source::{AnySource, Fetch, HttpSource, Readiness, ResultsSource, Simulator};
+use crate::source::{
+    AnySource, Fetch, HttpSource, Readiness, ResultsSource, Simulator, SourceError,
+};
 
 /// Command line and environment of the `results-worker` binary.
 #[derive(Debug, Parser)]
@@ -506,7 +508,10 @@ impl<S: ResultsSource> Handler for CyclesHandler<S> {
                 }
             }
             Err(e) if past_deadline => self.give_up(&cycle, e.to_string()).await,
-            Err(e) => Outcome::retry(e.kind(), e.to_string()),
+            // The source did not answer (timeout, 5xx, transport): the circuit breaker counts
+            // it; a malformed answer is the source's content, not an outage.
+            Err(e @ SourceError::Malformed(_)) => Outcome::retry(e.kind(), e.to_string()),
+            Err(e) => Outcome::unavailable(e.kind(), e.to_string()),
         }
     }
 }

@@ -46,6 +46,10 @@ use crate::ec2::{may_have_happened, Ec2, SUBNET_CONFLICT};
 use crate::request::{SubnetSpec, VpcRequest};
 use crate::store::{status, Claim, Origin, Record, Store, StoreError};
 
+/// Look-ups of a subnet after an ambiguous CreateSubnet failure, and the pause between them.
+const SUBNET_LOOKUPS: u32 = 3;
+const SUBNET_LOOKUP_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Command line and environment of the `vpc-worker` binary.
 #[derive(Debug, Parser)]
 #[command(
@@ -215,13 +219,18 @@ impl VpcHandler {
                 Ok(id)
             }
             Err(e) if e.code == SUBNET_CONFLICT || may_have_happened(&e) => {
-                match self.ec2.subnet_of(request_id, vpc_id, &subnet.cidr).await? {
-                    Some(id) => {
+                // EC2's Describe calls are eventually consistent: a subnet made by a lost
+                // answer may not show at once. Look a few times before calling it a conflict.
+                for attempt in 1..=SUBNET_LOOKUPS {
+                    if let Some(id) = self.ec2.subnet_of(request_id, vpc_id, &subnet.cidr).await? {
                         warn!(request_id, subnet_id = %id, error = %e, "CreateSubnet failed, yet the subnet is the request's: found by VPC, CIDR and tag");
-                        Ok(id)
+                        return Ok(id);
                     }
-                    None => Err(e),
+                    if attempt < SUBNET_LOOKUPS {
+                        tokio::time::sleep(SUBNET_LOOKUP_PAUSE).await;
+                    }
                 }
+                Err(e)
             }
             Err(e) => Err(e),
         }
@@ -254,7 +263,7 @@ impl VpcHandler {
             }
             Err(StoreError::Aws(e)) if e.is_retryable() => {
                 self.store.release(request_id, me).await;
-                Outcome::Retry(fleet::Reason::new(e.code, e.message))
+                Outcome::Retry(fleet::Reason::dependency(e.code, e.message))
             }
             Err(StoreError::Aws(e)) => {
                 let reason = format!("{}: {}", e.code, e.message);
@@ -294,13 +303,16 @@ impl VpcHandler {
 
 impl Handler for VpcHandler {
     async fn handle(&self, message: &Message) -> Outcome {
-        let (Some(request_id), Some(client)) = (
-            message.attribute("requestId"),
-            message.attribute("apiKeyId"),
-        ) else {
+        // The caller: the gateway's owner id (its one definition: the JWT's sub with Cognito,
+        // else the API key id; docs/security.md), or, for a message queued before the gateway
+        // sent it, the API key id, which was the identity then.
+        let client = ["ownerId", "apiKeyId"]
+            .into_iter()
+            .find_map(|name| message.attribute(name).filter(|v| !v.is_empty()));
+        let (Some(request_id), Some(client)) = (message.attribute("requestId"), client) else {
             return Outcome::permanent(
                 "invalid-message",
-                "requestId and apiKeyId attributes are required (the gateway sets them)",
+                "requestId and ownerId (or apiKeyId) attributes are required (the gateway sets them)",
             );
         };
         let request: VpcRequest = match serde_json::from_str(&message.body) {
@@ -368,7 +380,8 @@ impl Handler for VpcHandler {
         tokio::select! {
             biased;
             outcome = self.work(request_id, &request, &me, &before) => outcome,
-            never = self.store.hold(request_id, &me) => match never {},
+            // The lease is gone (or about to be): stop the work before its next create.
+            lost = self.store.hold(request_id, &me) => Outcome::retry("lease-lost", lost),
         }
     }
 }

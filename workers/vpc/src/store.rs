@@ -1,8 +1,9 @@
 //! The request records in DynamoDB (`vpc-requests`, partition key `request_id`): status,
 //! checkpoints and the lease that lets one delivery at a time work on a request.
 //!
-//! A record: `request_id`, `client` (API key id), `owner` (= client; the `by-owner` index that
-//! lists a client's requests newest first), `created_at`, `updated_at`, `status` (`QUEUED`,
+//! A record: `request_id`, `client` (the caller's owner id: the JWT's `sub` with Cognito, else
+//! the API key id; what `GET /vpcs/{request_id}` compares with the caller's), `owner` (= client;
+//! the `by-owner` index that lists a caller's requests newest first), `created_at`, `updated_at`, `status` (`QUEUED`,
 //! `IN_PROGRESS`, `SUCCEEDED`, `FAILED`), `body_sha256`, `vpc_cidr`, `subnets` (a list of
 //! `{cidr, az, name?, subnet_id?}`), `vpc_id`, `reason`, and while a delivery works on it
 //! `lease_owner` / `lease_until`. Every checkpoint is conditional on still holding the lease.
@@ -13,7 +14,6 @@
 //! a delivery that stopped (crashed, or hung without renewing) loses it, after `lease`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -107,7 +107,7 @@ pub enum Claim {
 /// Where a new request comes from.
 #[derive(Debug, Clone)]
 pub struct Origin<'a> {
-    /// The caller's API key id.
+    /// The caller's owner id (the gateway's `ownerId`; see docs/security.md).
     pub client: &'a str,
     /// When the gateway received it, ms.
     pub received_at_ms: u64,
@@ -366,20 +366,29 @@ impl Store {
     }
 
     /// The heartbeat of `owner`'s lease: renews it every third of the lease, for as long as it
-    /// is polled. It never completes: run it beside the work (`select!`) and it stops with it.
-    /// A failed renewal is tried again at the next beat; once the lease is lost, it goes quiet
-    /// (the next checkpoint tells the work).
-    pub async fn hold(&self, request_id: &str, owner: &str) -> Infallible {
+    /// is polled. Run it beside the work (`select!`): it stops with it, and it completes only
+    /// when the work must stop (with the reason): the lease was lost, or renewals have failed
+    /// for two thirds of the lease, so that this delivery stops before another may take over.
+    /// A failed renewal before that is tried again at the next beat.
+    pub async fn hold(&self, request_id: &str, owner: &str) -> String {
         let period = self.lease / 3;
         let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = tokio::time::Instant::now();
         loop {
             beats.tick().await;
             match self.renew(request_id, owner).await {
-                Ok(()) => {}
+                Ok(()) => renewed = tokio::time::Instant::now(),
                 Err(StoreError::LeaseLost) => {
-                    tracing::info!(request_id, "the lease is gone; no more renewals");
-                    return std::future::pending().await;
+                    return "another delivery took the request over".to_owned();
+                }
+                Err(StoreError::Aws(error)) if renewed.elapsed() >= self.lease * 2 / 3 => {
+                    // Stop before the lease can expire under us: past it, another delivery
+                    // may take the request over while this one still creates things.
+                    return format!(
+                        "cannot renew the lease ({error}) for {} s; stopping before it expires",
+                        renewed.elapsed().as_secs()
+                    );
                 }
                 Err(StoreError::Aws(error)) => {
                     tracing::warn!(request_id, %error, "cannot renew the lease; trying again");
