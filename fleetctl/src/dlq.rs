@@ -187,13 +187,26 @@ pub(crate) struct Summary {
     pub(crate) seconds: f64,
 }
 
-/// The attributes a message had before it was dead-lettered (see [`fleet::dlq`]), without the
-/// engine's own bookkeeping: a redriven message starts afresh.
+/// The attributes a redriven message goes back with: the ones it had before it was
+/// dead-lettered (see [`fleet::dlq`]), the reason dropped, plus its original message id
+/// (`fleet.message-id`), which tells the engine it is a redriven copy and which message it is (a
+/// stopped FIFO group lets its head and its parked messages through by it). With no room left
+/// for that id, the copy goes back as it is (the engine restores it on receive all the same).
 fn original_attributes(m: &Message) -> HashMap<String, MessageAttributeValue> {
-    let mut attributes =
-        fleet::dlq::restore_originals(m.message_attributes().cloned().unwrap_or_default());
+    let received = m.message_attributes().cloned().unwrap_or_default();
+    let mut attributes = fleet::dlq::restore_originals(received.clone());
     attributes.retain(|name, _| !name.starts_with(fleet::dlq::PREFIX));
-    attributes
+    let id = received
+        .get(attr::MESSAGE_ID)
+        .cloned()
+        .or_else(|| m.message_id().map(fleet::dlq::string));
+    match id {
+        Some(id) if attributes.len() < fleet::dlq::SQS_MAX_MESSAGE_ATTRIBUTES => {
+            attributes.insert(attr::MESSAGE_ID.to_owned(), id);
+            attributes
+        }
+        _ => received,
+    }
 }
 
 /// `dlq redrive`: moves messages back to where they came from.
@@ -498,16 +511,39 @@ mod tests {
                 .unwrap()
         };
         let message = Message::builder()
+            .message_id("dlq-copy-9")
             .message_attributes("paymentId", string("p-1"))
             .message_attributes(attr::KIND, string("conflict"))
+            .message_attributes(attr::MESSAGE_ID, string("m-1"))
             .message_attributes(
                 attr::ORIGINAL_ATTRIBUTES,
                 string(r#"{"requestId":{"data_type":"String","string_value":"r-1"}}"#),
             )
             .build();
         let restored = original_attributes(&message);
-        assert_eq!(restored.len(), 2, "{restored:?}");
+        assert_eq!(restored.len(), 3, "{restored:?}");
+        assert_eq!(restored[attr::MESSAGE_ID].string_value(), Some("m-1"));
         assert_eq!(restored["paymentId"].string_value(), Some("p-1"));
         assert_eq!(restored["requestId"].string_value(), Some("r-1"));
+    }
+
+    #[test]
+    fn a_copy_without_room_for_its_id_goes_back_as_it_is() {
+        let string = |v: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .unwrap()
+        };
+        let mut builder = Message::builder().message_id("dlq-copy");
+        for i in 0..10 {
+            builder = builder.message_attributes(format!("a{i}"), string("v"));
+        }
+        let message = builder.build();
+        assert_eq!(
+            original_attributes(&message),
+            message.message_attributes().cloned().unwrap()
+        );
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! `status` shows every queue of the topology with its DLQ (exit code 2 when any DLQ holds
 //! messages, for cron and alerts); `dlq peek|redrive|export|purge` work on one queue's DLQ;
+//! `dlq groups|release` show and end the stops of FIFO groups behind a dead-lettered message;
 //! `schedule` sends the topology's scheduled messages on a local timer (what EventBridge
 //! Scheduler does in AWS); `vpc cleanup` deletes the VPCs and subnets the fleet created.
 //! Configured like the workers: the standard AWS environment, plus the name prefix of the
@@ -9,6 +10,7 @@
 
 mod dlq;
 mod fleet;
+mod groups;
 mod schedule;
 mod status;
 
@@ -137,6 +139,20 @@ enum DlqCommand {
         queue: String,
         /// The file to write.
         file: PathBuf,
+    },
+    /// FIFO queues: the message groups stopped behind a dead-lettered message (their later
+    /// messages park in the DLQ, in order, until the group is redriven). One JSON line each.
+    Groups {
+        /// Queue name from the topology (e.g. `books-commands`).
+        queue: String,
+    },
+    /// FIFO queues: end a group's stop at once (after its head was discarded rather than
+    /// redriven): its later messages are handled again.
+    Release {
+        /// Queue name from the topology (e.g. `books-commands`).
+        queue: String,
+        /// The message group (for books: the book id).
+        group: String,
     },
     /// Delete every message of the DLQ (asks first unless --yes).
     Purge {
@@ -270,6 +286,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 DlqCommand::Export { queue, file } => {
                     let n = dlq::export(&fleet, &queue, &file).await?;
                     eprintln!("{n} message(s) written to {}", file.display());
+                }
+                DlqCommand::Groups { queue } => {
+                    fleet.check(&queue)?;
+                    let dynamodb = ::fleet::dynamodb::client(&sdk);
+                    for stopped in groups::list(&fleet, &dynamodb, &queue).await? {
+                        println!("{}", serde_json::to_string(&stopped)?);
+                    }
+                }
+                DlqCommand::Release { queue, group } => {
+                    fleet.check(&queue)?;
+                    let dynamodb = ::fleet::dynamodb::client(&sdk);
+                    let released = groups::release(&fleet, &dynamodb, &queue, &group).await?;
+                    println!("{}", serde_json::to_string(&released)?);
                 }
                 DlqCommand::Purge { queue, yes } => {
                     let n = dlq::purge(&fleet, &queue, yes).await.context("purge")?;

@@ -300,6 +300,8 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
     assert_eq!(api.decision(&id, &request).await?["status"], "APPLIED");
     // A replay after SQS's 5-minute window: same command, new deduplication id.
     let (_, applied) = api.get(&id).await?;
+    // The sender's owner id (the stack's key id): a command without one is malformed.
+    let (owner, _) = integration_tests::api_key_ids(&stack).await?;
     let replay = |body: Value, dedup: &str| {
         stack
             .sqs
@@ -311,6 +313,7 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
             .message_attributes("command", string_attr("CREATE"))
             .message_attributes("bookId", string_attr(&id))
             .message_attributes("requestId", string_attr(&request))
+            .message_attributes("ownerId", string_attr(&owner))
             .send()
     };
     replay(book("Solaris", "Stanislaw Lem"), "late-replay").await?;
@@ -337,6 +340,11 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
     assert_eq!(group, Some(&id), "the FIFO DLQ copy keeps the book's group");
     let (_, still) = api.get(&id).await?;
     assert_eq!(still["title"], "Solaris");
+    assert_eq!(
+        stack.count_rows(stack.table("fifo-groups")).await?,
+        0,
+        "a reused key is never applied: the book's later commands do not wait for it"
+    );
     worker.terminate(Duration::from_secs(30)).await?;
 
     // The operator tool redrives a FIFO DLQ (hand back the copy received above first).
@@ -583,17 +591,19 @@ async fn redrive_as_a_move_task_does(
     Ok(())
 }
 
-/// Runs books-worker with DynamoDB unreachable until the queue's one message is dead-lettered
-/// (retries exhausted), and returns that copy.
-async fn dead_letter_through_an_outage(
+/// Runs books-worker with the command's writes failing (DynamoDB answers 500 to them; the rest
+/// of DynamoDB works, the engine's group store included) until the queue's one message is
+/// dead-lettered (retries exhausted), and returns that copy.
+async fn dead_letter_through_failing_writes(
     stack: &Stack,
     queue: &integration_tests::Queue,
+    book_id: &str,
 ) -> Result<aws_sdk_sqs::types::Message> {
-    let down = integration_tests::Proxy::reserve(Duration::ZERO).await?;
+    let faults = FailingWrites::start(book_id).await?;
     let env = stack.worker_env_with(
         WORKER,
         &[
-            ("AWS_ENDPOINT_URL_DYNAMODB", &down.url()),
+            ("AWS_ENDPOINT_URL_DYNAMODB", &faults.url()),
             ("AWS_MAX_ATTEMPTS", "1"),
             ("FLEET_RETRY_BASE_MS", "100"),
             ("FLEET_RETRY_MAX_SECS", "1"),
@@ -630,7 +640,7 @@ async fn a_command_dead_lettered_twice_and_moved_back_as_is_is_applied() -> Resu
 
     // Twice through the DLQ, each time brought back the way SQS's move task does.
     for round in 1..=2 {
-        let copy = dead_letter_through_an_outage(&stack, &queue).await?;
+        let copy = dead_letter_through_failing_writes(&stack, &queue, &id).await?;
         let attrs = copy.message_attributes().context("attributes")?;
         assert_eq!(
             attrs["fleet.error.kind"].string_value(),
@@ -658,5 +668,317 @@ async fn a_command_dead_lettered_twice_and_moved_back_as_is_is_applied() -> Resu
     assert_eq!(stored["title"], "The Cyberiad");
     worker.terminate(Duration::from_secs(30)).await?;
     assert_eq!(stack.depth(&queue.dlq_url).await?, 0, "nothing left behind");
+    assert_eq!(
+        stack.count_rows(stack.table("fifo-groups")).await?,
+        0,
+        "the book's group flows again"
+    );
+    Ok(())
+}
+
+/// A DynamoDB endpoint in front of LocalStack that answers `InternalServerError` to every
+/// `TransactWriteItems` whose body contains `marker` while `failing` is set, and forwards
+/// everything else: one command's writes fail, the rest of DynamoDB works.
+struct FailingWrites {
+    port: u16,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FailingWrites {
+    async fn start(marker: &str) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (marker, flag) = (marker.to_owned(), failing.clone());
+        let target = integration_tests::endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (marker, flag, target) = (marker.clone(), flag.clone(), target.clone());
+                tokio::spawn(async move {
+                    // One request per connection: the answer says `connection: close`.
+                    let Some((request, head_end)) =
+                        integration_tests::read_request(&mut client).await
+                    else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                    let body = String::from_utf8_lossy(&request[head_end..]);
+                    if flag.load(Ordering::SeqCst)
+                        && head.contains("x-amz-target: dynamodb_20120810.transactwriteitems")
+                        && body.contains(&marker)
+                    {
+                        let json = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected by the test"}"#;
+                        let answer = format!(
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                            json.len()
+                        );
+                        let _ = client.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&request[..head_end]).into_owned();
+                    let mut forwarded: Vec<u8> = text
+                        .split("\r\n")
+                        .filter(|l| !l.to_lowercase().starts_with("connection:") && !l.is_empty())
+                        .map(|l| format!("{l}\r\n"))
+                        .collect::<String>()
+                        .into_bytes();
+                    forwarded.extend_from_slice(b"connection: close\r\n\r\n");
+                    forwarded.extend_from_slice(&request[head_end..]);
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    if server.write_all(&forwarded).await.is_err() {
+                        return;
+                    }
+                    let mut answer = Vec::new();
+                    let _ = server.read_to_end(&mut answer).await;
+                    let _ = client.write_all(&answer).await;
+                    let _ = client.shutdown().await;
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            failing,
+            task,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FailingWrites {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn updates_behind_a_dead_lettered_create_wait_for_it_and_apply_in_order_after_a_redrive(
+) -> Result<()> {
+    let stack = Stack::provision().await?;
+    let api = Books::new(&stack);
+    let queue = stack.queue("books-commands").clone();
+    // CREATE, then two UPDATEs of the same book, queued before any worker runs.
+    let (id, created) = api.create(&book("Ubik", "Philip K. Dick"), None).await?;
+    let first = api
+        .update(&id, 1, &book("Ubik (2nd ed.)", "Philip K. Dick"))
+        .await?;
+    let second = api
+        .update(&id, 2, &book("Ubik (3rd ed.)", "Philip K. Dick"))
+        .await?;
+
+    // The CREATE's write fails (DynamoDB answers 500 to it alone) until it is dead-lettered.
+    let faults = FailingWrites::start(&created).await?;
+    let env = stack.worker_env_with(
+        WORKER,
+        &[
+            ("AWS_ENDPOINT_URL_DYNAMODB", &faults.url()),
+            ("AWS_MAX_ATTEMPTS", "1"),
+            ("FLEET_RETRY_BASE_MS", "100"),
+            ("FLEET_RETRY_MAX_SECS", "1"),
+            ("FLEET_BREAKER_THRESHOLD", "0"),
+            ("FLEET_WAIT_TIME_SECS", "1"),
+        ],
+    );
+    let worker = Worker::spawn(WORKER, &env)?;
+    eventually(
+        Duration::from_secs(60),
+        "the book's queue empty",
+        || async { Ok((stack.depth(&queue.url).await? == 0).then_some(())) },
+    )
+    .await?;
+    let (_, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    faults
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // Nothing behind the CREATE was applied or rejected: it waits in the DLQ, in order.
+    for request in [&first, &second] {
+        let path = format!("/books/{id}/commands/{request}");
+        let (status, decision) = api.call(Method::GET, &path, &[], None).await?;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "an update behind the dead-lettered CREATE was decided: {decision}\n{}",
+            worker.stderr_text()
+        );
+    }
+    let parked = stack.drain(&queue.dlq_url, 10).await?;
+    let kinds: Vec<&str> = parked
+        .iter()
+        .map(|m| {
+            m.message_attributes()
+                .and_then(|a| a.get("fleet.error.kind"))
+                .and_then(|v| v.string_value())
+                .unwrap_or("-")
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["retries-exhausted", "group-blocked", "group-blocked"],
+        "the CREATE, then the updates parked behind it"
+    );
+    assert_eq!(
+        stack.count_rows(stack.table("fifo-groups")).await?,
+        1,
+        "the group is stopped"
+    );
+    // Back in the DLQ (a FIFO group in flight there would hide what parks behind it).
+    for copy in &parked {
+        stack
+            .sqs
+            .change_message_visibility()
+            .queue_url(&queue.dlq_url)
+            .receipt_handle(copy.receipt_handle().context("receipt")?)
+            .visibility_timeout(0)
+            .send()
+            .await?;
+    }
+
+    // A new command of the book arriving now parks too (a new process: the stop is durable).
+    let third = api
+        .update(&id, 3, &book("Ubik (4th ed.)", "Philip K. Dick"))
+        .await?;
+    let worker = Worker::spawn(
+        WORKER,
+        &stack.worker_env_with(WORKER, &[("FLEET_WAIT_TIME_SECS", "1")]),
+    )?;
+    eventually(
+        Duration::from_secs(30),
+        "the late update parked",
+        || async { Ok((stack.depth(&queue.dlq_url).await? == 4).then_some(())) },
+    )
+    .await?;
+    let (_, _, _) = worker.terminate(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, out, err) = fleetctl(&stack, &["dlq", "groups", "books-commands"]).await?;
+    assert_eq!(code, 0, "{err}");
+    let stopped: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(stopped["group"], id.as_str(), "{stopped}");
+    assert_eq!(stopped["parked"], 4, "{stopped}");
+    assert!(stopped["head"].is_string(), "{stopped}");
+
+    // A redrive too early: the CREATE fails again and stays the head; the rest park again,
+    // counted once each.
+    faults
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for copy in &stack.drain(&queue.dlq_url, 10).await? {
+        redrive_as_a_move_task_does(&stack, &queue, copy).await?;
+    }
+    let worker = Worker::spawn(WORKER, &env)?;
+    eventually(
+        Duration::from_secs(60),
+        "the group parked again",
+        || async {
+            Ok(
+                (stack.depth(&queue.url).await? == 0 && stack.depth(&queue.dlq_url).await? == 4)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    worker.terminate(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    faults
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (_, out, _) = fleetctl(&stack, &["dlq", "groups", "books-commands"]).await?;
+    let again: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(
+        again["parked"], 4,
+        "each parked message counted once: {again}"
+    );
+    assert_eq!(
+        again["head"], stopped["head"],
+        "the CREATE is still the head"
+    );
+
+    // The operator moves the group back as SQS's move task does, in order, until the DLQ is
+    // empty. LocalStack (unlike SQS) delivers a FIFO group's later messages while its head is in
+    // flight for a retry, so in the early redrive above the updates may have parked ahead of
+    // the head's new copy: they then park again behind it and need one more pass. Whatever the
+    // passes, nothing is applied out of order (the versions below).
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    for _pass in 0..3 {
+        let group = stack.drain(&queue.dlq_url, 10).await?;
+        if group.is_empty() {
+            break;
+        }
+        for copy in &group {
+            redrive_as_a_move_task_does(&stack, &queue, copy).await?;
+        }
+        eventually(
+            Duration::from_secs(60),
+            "the redriven group handled",
+            || async { Ok((stack.depth(&queue.url).await? == 0).then_some(())) },
+        )
+        .await?;
+    }
+    for (request, version) in [(&created, 1), (&first, 2), (&second, 3), (&third, 4)] {
+        let decision = api.decision(&id, request).await?;
+        assert_eq!(decision["status"], "APPLIED", "{decision}");
+        assert_eq!(
+            decision["version"], version,
+            "applied in the original order: {decision}"
+        );
+    }
+    let (status, stored) = api.get(&id).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        stored["title"], "Ubik (4th ed.)",
+        "as if nothing had failed"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the group flowing again",
+        || async { Ok((stack.count_rows(stack.table("fifo-groups")).await? == 0).then_some(())) },
+    )
+    .await?;
+    let fourth = api
+        .update(&id, 4, &book("Ubik (5th ed.)", "Philip K. Dick"))
+        .await?;
+    assert_eq!(api.decision(&id, &fourth).await?["status"], "APPLIED");
+    worker.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(stack.depth(&queue.dlq_url).await?, 0);
+    let (_, out, _) = fleetctl(&stack, &["dlq", "groups", "books-commands"]).await?;
+    assert_eq!(out.trim(), "", "nothing stopped any more");
+
+    // An operator who discarded a head ends its group's stop by hand.
+    stack
+        .dynamodb
+        .put_item()
+        .table_name(stack.table("fifo-groups"))
+        .item(
+            "group_key",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("{}#other", queue.name)),
+        )
+        .item(
+            "head",
+            aws_sdk_dynamodb::types::AttributeValue::S("m-1".into()),
+        )
+        .item(
+            "parked_ids",
+            aws_sdk_dynamodb::types::AttributeValue::Ss(vec!["m-1".into()]),
+        )
+        .send()
+        .await?;
+    let (code, out, err) = fleetctl(&stack, &["dlq", "release", "books-commands", "other"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""head":"m-1""#), "{out}");
+    assert_eq!(stack.count_rows(stack.table("fifo-groups")).await?, 0);
+    let (code, _, err) = fleetctl(&stack, &["dlq", "release", "books-commands", "other"]).await?;
+    assert_eq!(code, 1, "releasing a group that is not stopped is an error");
+    assert!(err.contains("not stopped"), "{err}");
     Ok(())
 }

@@ -246,8 +246,14 @@ async fn redrive_filters_by_reason_and_uses_the_move_task_when_it_can() -> Resul
             .unwrap()
             .starts_with("cf-"));
         assert!(
-            !attrs.keys().any(|k| k.starts_with("fleet.")),
-            "reason attributes removed"
+            !attrs
+                .keys()
+                .any(|k| k.starts_with("fleet.") && k != fleet::dlq::names::MESSAGE_ID),
+            "reason attributes removed: {attrs:?}"
+        );
+        assert!(
+            attrs.contains_key(fleet::dlq::names::MESSAGE_ID),
+            "the original message id goes back with it"
         );
     }
 

@@ -114,6 +114,20 @@ pub struct EngineConfig {
     #[arg(long, env = "FLEET_OUTAGE_MAX_SECS", default_value_t = DEFAULT_OUTAGE_MAX_SECS)]
     pub outage_max_secs: u64,
 
+    /// The engine dead-letters a message (with its reason) when its N-th receive of its own
+    /// fails. Default: the queue's maxReceiveCount. Set it below maxReceiveCount to leave SQS's
+    /// own redrive (which moves a message without a reason, and counts receives a FIFO message
+    /// spent held back behind its group's head) as a backstop that never fires first.
+    #[arg(long, env = "FLEET_MAX_RECEIVES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_receives: Option<u32>,
+
+    /// FIFO queues: a DynamoDB table (partition key `group_key`, S) where the engine records a
+    /// message group stopped behind a dead-lettered message, so that the rest of the group is
+    /// parked in order instead of being applied around it. None: a dead-lettered message lets
+    /// its group go on.
+    #[arg(long, env = "FLEET_GROUP_TABLE")]
+    pub group_table: Option<String>,
+
     /// On SIGTERM or Ctrl-C: how long in-flight messages may take to finish, in seconds, before
     /// the rest are handed back to the queue (visibility 0).
     #[arg(long, env = "FLEET_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
@@ -162,6 +176,8 @@ impl EngineConfig {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_max_open_secs: DEFAULT_BREAKER_MAX_OPEN_SECS,
             outage_max_secs: DEFAULT_OUTAGE_MAX_SECS,
+            group_table: None,
+            max_receives: None,
             retry_max_secs: 900,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             delete_linger_ms: 50,

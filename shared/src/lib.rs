@@ -18,6 +18,8 @@ pub mod dlq;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod engine;
+#[cfg(feature = "dynamodb")]
+pub mod group_store;
 pub mod health;
 pub mod message;
 pub mod metrics;

@@ -7,6 +7,11 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 
 use crate::outcome::Outcome;
 
+/// The gateway's message attribute with the caller's owner id.
+pub const ATTR_OWNER_ID: &str = "ownerId";
+/// The gateway's message attribute with the calling application's API key id.
+pub const ATTR_API_KEY_ID: &str = "apiKeyId";
+
 /// One SQS message, as received.
 #[derive(Debug, Clone, Default)]
 pub struct Message {
@@ -28,6 +33,11 @@ pub struct Message {
     pub group_id: Option<String>,
     /// FIFO queues: the deduplication id it was sent with.
     pub deduplication_id: Option<String>,
+    /// A dead-lettered copy brought back by a redrive (it carried a reason when received).
+    pub redriven: bool,
+    /// The id of the message as first sent, when it was dead-lettered and brought back since
+    /// (see [`Self::original_id`]).
+    pub first_message_id: Option<String>,
 }
 
 impl Message {
@@ -38,19 +48,42 @@ impl Message {
         let number = |name: MessageSystemAttributeName| {
             system.get(&name).and_then(|v| v.parse::<u64>().ok())
         };
+        let received = message.message_attributes.unwrap_or_default();
+        // A copy moved back as it is carries its reason; fleetctl's batch redrive sends the
+        // originals with the original message id.
+        let redriven = received.contains_key(crate::dlq::names::KIND)
+            || received.contains_key(crate::dlq::names::MESSAGE_ID);
+        let first_message_id = received
+            .get(crate::dlq::names::MESSAGE_ID)
+            .and_then(|v| v.string_value())
+            .map(str::to_owned);
         Some(Self {
+            redriven,
+            first_message_id,
             receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
                 .map_or(1, |n| n.min(u64::from(u32::MAX)) as u32),
             sent_at_ms: number(MessageSystemAttributeName::SentTimestamp),
             message_id: message.message_id?,
             receipt_handle: message.receipt_handle?,
             body: message.body.unwrap_or_default(),
-            attributes: crate::dlq::restore_originals(
-                message.message_attributes.unwrap_or_default(),
-            ),
+            attributes: crate::dlq::restore_originals(received),
             group_id: system.remove(&MessageSystemAttributeName::MessageGroupId),
             deduplication_id: system.remove(&MessageSystemAttributeName::MessageDeduplicationId),
         })
+    }
+
+    /// The id of the message as first sent: the same across dead-letterings and redrives.
+    pub fn original_id(&self) -> &str {
+        self.first_message_id.as_deref().unwrap_or(&self.message_id)
+    }
+
+    /// The caller's owner id, as the gateway sent it (`ownerId`; `apiKeyId` for a message
+    /// queued before the gateway sent owners, when the key id was the identity); `None` for a
+    /// message that did not come through the gateway. See docs/security.md.
+    pub fn owner(&self) -> Option<&str> {
+        [ATTR_OWNER_ID, ATTR_API_KEY_ID]
+            .into_iter()
+            .find_map(|name| self.attribute(name).filter(|v| !v.is_empty()))
     }
 
     /// A string (or number) message attribute by name.

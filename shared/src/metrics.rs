@@ -44,6 +44,8 @@ pub struct Metrics {
     pub breaker_opened: AtomicU64,
     /// Messages put back on their queue as fresh copies during a dependency outage.
     pub requeued: AtomicU64,
+    /// FIFO: messages dead-lettered unhandled behind their group's dead-lettered head.
+    pub parked: AtomicU64,
     /// Handler latencies since the previous metric line.
     pub latency: Histogram,
     /// Counters a worker adds for itself (e.g. DynamoDB writes), by name.
@@ -93,6 +95,7 @@ impl Metrics {
             ("held_back", load(&self.held_back)),
             ("breaker_opened", load(&self.breaker_opened)),
             ("requeued", load(&self.requeued)),
+            ("parked", load(&self.parked)),
             ("sqs_calls", load(&self.sqs_calls)),
         ]);
         for (name, counter) in self.custom.lock().expect("metrics lock poisoned").iter() {

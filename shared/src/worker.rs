@@ -65,6 +65,9 @@ pub enum WorkerError {
     /// The engine could not start on its queue.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// FLEET_GROUP_TABLE was set for a worker built without DynamoDB.
+    #[error("FLEET_GROUP_TABLE={0} needs the engine's `dynamodb` feature, which this worker is built without")]
+    NoGroupStore(String),
 }
 
 /// Runs a worker until SIGTERM or Ctrl-C: sets up logs, builds the runtime, loads the AWS
@@ -106,9 +109,32 @@ where
         let sdk = aws::load_config().await;
         let metrics = Metrics::new();
         let handler = make_handler(sdk.clone(), metrics.clone()).await;
-        Engine::new(aws::sqs_client(&sdk), engine, handler, metrics)
+        let group_table = engine.group_table.clone();
+        let engine = Engine::new(aws::sqs_client(&sdk), engine, handler, metrics);
+        with_group_table(engine, &sdk, group_table)?
             .run(shutdown::signal_token())
             .await?;
         Ok(())
     })
+}
+
+/// The engine with its FIFO group store when `FLEET_GROUP_TABLE` names one.
+fn with_group_table<H: Handler>(
+    engine: Engine<H>,
+    sdk: &SdkConfig,
+    table: Option<String>,
+) -> Result<Engine<H>, WorkerError> {
+    let Some(table) = table else {
+        return Ok(engine);
+    };
+    #[cfg(feature = "dynamodb")]
+    {
+        let store = crate::group_store::DynamoGroupStore::new(crate::dynamodb::client(sdk), table);
+        Ok(engine.with_group_store(Arc::new(store)))
+    }
+    #[cfg(not(feature = "dynamodb"))]
+    {
+        let _ = (engine, sdk);
+        Err(WorkerError::NoGroupStore(table))
+    }
 }

@@ -9,11 +9,17 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::debug;
 
+use tracing::warn;
+
 use super::breaker::Signal;
+use super::dead_letter::send_to_dlq;
+use super::groups::{self, LineStop, Verdict};
 use super::handle::process;
-use super::settle::change_visibility_many;
+use super::settle::{change_visibility_many, retry_later};
 use super::{Flow, Shared};
 use crate::message::{Handler, Message};
+use crate::metrics::Metrics;
+use crate::outcome::Reason;
 
 /// Splits a FIFO batch into its message groups: groups in order of first appearance, each
 /// group's messages in the order SQS returned them (their order in the queue).
@@ -35,11 +41,18 @@ pub(super) fn in_groups(messages: Vec<Message>) -> Vec<(String, Vec<Message>)> {
 
 /// Handles the line of one FIFO group in order, including messages that join it meanwhile.
 /// When one is held back for a retry (or handed back at shutdown), the rest of the line goes
-/// back behind it unhandled.
+/// back behind it unhandled. With a group store, a stopped group's messages are parked behind
+/// its head instead of being handled (see `groups.rs`).
 pub(super) async fn process_group<H: Handler>(shared: Arc<Shared<H>>, group: String) {
     // When the visibility of the whole line was last set (at receive, then by heartbeats);
     // messages that joined later were received later, so this is conservative for them.
     let mut extended = Instant::now();
+    // The group's stop, read once for the line (nobody else handles the group meanwhile).
+    let mut line = shared.group_store.as_ref().map(|_| LineStop {
+        key: groups::key(&shared.settings.queue_name, &group),
+        stop: None,
+    });
+    let mut first = true;
     loop {
         let next = {
             let mut groups = shared.groups.lock().expect("groups lock");
@@ -53,11 +66,113 @@ pub(super) async fn process_group<H: Handler>(shared: Arc<Shared<H>>, group: Str
         let Some((message, permit)) = next else {
             return;
         };
-        let flow = process(&shared, message, permit, Some(&group), &mut extended).await;
+        if let (Some(store), Some(line), true) = (
+            &shared.group_store,
+            line.as_mut(),
+            std::mem::take(&mut first),
+        ) {
+            match store.get(&line.key).await {
+                Ok(found) => line.stop = found,
+                Err(err) => {
+                    // Whether the group may go on is unknown: nothing of it is handled.
+                    shared.limit.release(permit);
+                    let reason = Reason::dependency("group-store-unavailable", err.to_string());
+                    shared.breaker.record(Signal::Down, Instant::now());
+                    let secs = match retry_later(&shared, &message, &reason).await {
+                        Flow::Hold(secs) => secs,
+                        _ => 0,
+                    };
+                    hold_back(&shared, &group, secs).await;
+                    return;
+                }
+            }
+        }
+        let stop = line.as_ref().and_then(|l| l.stop.as_ref());
+        let (message, permit) = if groups::verdict(stop, &message) == Verdict::Park {
+            let line = line.as_mut().expect("a stop comes from a line");
+            match park(&shared, message, line).await {
+                Parked::Done => {
+                    shared.limit.release(permit);
+                    continue;
+                }
+                Parked::Held(secs) => {
+                    shared.limit.release(permit);
+                    hold_back(&shared, &group, secs).await;
+                    return;
+                }
+                // Released meanwhile: handle it after all.
+                Parked::Released(message) => (*message, permit),
+            }
+        } else {
+            (message, permit)
+        };
+        let flow = process(
+            &shared,
+            message,
+            permit,
+            Some(&group),
+            &mut extended,
+            line.as_mut(),
+        )
+        .await;
         if let Flow::Hold(secs) = flow {
             hold_back(&shared, &group, secs).await;
             return;
         }
+    }
+}
+
+/// What became of a message parked behind its group's head.
+enum Parked {
+    /// In the DLQ behind the head.
+    Done,
+    /// Back on the queue in this many seconds (the store or the DLQ did not answer).
+    Held(i32),
+    /// The group is no longer stopped (an operator released it): handle the message.
+    Released(Box<Message>),
+}
+
+/// Dead-letters a message of a stopped group behind its head, unhandled (kind
+/// `group-blocked`). It is counted among the parked first: should the send fail, the group
+/// stays stopped longer rather than flowing too early.
+async fn park<H: Handler>(shared: &Shared<H>, message: Message, line: &mut LineStop) -> Parked {
+    let store = shared.group_store.as_ref().expect("parking needs a store");
+    match store.park(&line.key, message.original_id()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            line.stop = None;
+            return Parked::Released(Box::new(message));
+        }
+        Err(err) => {
+            let reason = Reason::dependency("group-store-unavailable", err.to_string());
+            return match retry_later(shared, &message, &reason).await {
+                Flow::Hold(secs) => Parked::Held(secs),
+                _ => Parked::Held(0),
+            };
+        }
+    }
+    let behind = line
+        .stop
+        .as_ref()
+        .and_then(|s| s.head.as_deref())
+        .map_or_else(
+            || "the group's redriven messages".to_owned(),
+            |head| format!("message {head}"),
+        );
+    if let Some(stop) = &mut line.stop {
+        stop.parked += 1;
+    }
+    Metrics::incr(&shared.metrics.parked);
+    warn!(behind = %behind, "group stopped: parking the message behind its head");
+    let reason = Reason::new(
+        groups::GROUP_BLOCKED,
+        format!(
+            "not handled: its group is stopped behind {behind}, which was dead-lettered; redrive the group in order (or release it with fleetctl dlq release)"
+        ),
+    );
+    match send_to_dlq(shared, message, reason).await {
+        Flow::Hold(secs) => Parked::Held(secs),
+        _ => Parked::Done,
     }
 }
 
@@ -87,6 +202,7 @@ async fn hold_back<H: Handler>(shared: &Shared<H>, group: &str, secs: i32) {
             .metrics
             .held_back
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        shared.waited_once_more(&messages);
         debug!(
             count = messages.len(),
             visible_in_secs = behind,

@@ -12,6 +12,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::breaker::Signal;
 use super::fifo::waiting_in;
+use super::groups::LineStop;
 use super::settle::{change_visibility, change_visibility_many, settle};
 use super::{Flow, Shared};
 use crate::message::{Handler, Message};
@@ -26,6 +27,7 @@ pub(super) async fn process<H: Handler>(
     permit: OwnedSemaphorePermit,
     group: Option<&String>,
     extended: &mut Instant,
+    line: Option<&mut LineStop>,
 ) -> Flow {
     let span = info_span!(
         "message",
@@ -49,7 +51,12 @@ pub(super) async fn process<H: Handler>(
             return Flow::Hold(0);
         };
         let elapsed_ms = elapsed.as_millis() as u64;
-        settle(shared, message, outcome, elapsed_ms).await
+        let id = message.message_id.clone();
+        let flow = settle(shared, message, outcome, elapsed_ms, line).await;
+        if !matches!(flow, Flow::Hold(_)) {
+            shared.settled(&id);
+        }
+        flow
     }
     .instrument(span)
     .await

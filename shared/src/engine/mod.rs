@@ -14,7 +14,8 @@
 //! One mechanism a file: `receive.rs` (the loop, and what the breaker admits), `fifo.rs` (group
 //! lines and hold-back), `handle.rs` (one message: handler, heartbeat, hand-back), `settle.rs`
 //! (outcome → queue action, riding out an outage), `dead_letter.rs`, `deleter.rs` (batched
-//! deletes), `breaker.rs` (the circuit breaker), `background.rs` (scaler and reporter) and
+//! deletes), `breaker.rs` (the circuit breaker), `groups.rs` (FIFO groups stopped behind a
+//! dead-lettered head), `background.rs` (scaler and reporter) and
 //! `resolve.rs` (the queue's settings at start). This file holds the types they share and
 //! [`Engine::run`], which wires them together and drains on shutdown.
 //!
@@ -28,8 +29,9 @@
 //! retried message's, so that the retried message comes first again and nothing overtakes it;
 //! other groups keep flowing. The heartbeat extends the whole line, waiting messages included.
 //! A message that is dead-lettered (permanent, or out of receives) lets its group go on, as
-//! SQS's own redrive does; its copy keeps its `MessageGroupId`. (Stopping the group instead is
-//! open work: see the README's reliability section.)
+//! SQS's own redrive does, unless a group store is configured (`FLEET_GROUP_TABLE`): then the
+//! group stops behind it until a redrive (`groups.rs`). Its copy keeps its `MessageGroupId`.
+//! Receives a message spent held back behind its group's head do not count against it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,7 @@ mod breaker;
 mod dead_letter;
 mod deleter;
 mod fifo;
+pub mod groups;
 mod handle;
 mod receive;
 mod resolve;
@@ -114,11 +117,41 @@ pub struct QueueSettings {
 /// What a settled message means for the rest of its FIFO group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
-    /// Deleted or dead-lettered: the group goes on.
-    Next,
+    /// Done (deleted, or put back as a fresh copy): the group goes on.
+    Deleted,
+    /// Dead-lettered: the group goes on, or stops behind it (see `groups.rs`).
+    DeadLettered,
     /// Back on the queue, visible again in this many seconds: the rest of the group waits
     /// behind it.
     Hold(i32),
+}
+
+/// Messages held back whose count is kept before the count is reset (bounds the memory of a
+/// process that holds back messages which never come back to it).
+const WAITED_CAPACITY: usize = 100_000;
+
+impl<H> Shared<H> {
+    /// Receives `message_id` spent held back behind its group's head in this process.
+    fn waited(&self, message_id: &str) -> u32 {
+        let waited = self.waited.lock().expect("waited lock");
+        waited.get(message_id).copied().unwrap_or(0)
+    }
+
+    /// The held-back messages will be received once more for nothing of their own.
+    fn waited_once_more(&self, messages: &[Message]) {
+        let mut waited = self.waited.lock().expect("waited lock");
+        if waited.len() > WAITED_CAPACITY {
+            waited.clear();
+        }
+        for message in messages {
+            *waited.entry(message.message_id.clone()).or_default() += 1;
+        }
+    }
+
+    /// A message settled for good: forget its count.
+    fn settled(&self, message_id: &str) {
+        self.waited.lock().expect("waited lock").remove(message_id);
+    }
 }
 
 /// A worker engine bound to one queue and one handler.
@@ -127,6 +160,9 @@ pub struct Engine<H> {
     config: EngineConfig,
     handler: Arc<H>,
     metrics: Arc<Metrics>,
+    /// FIFO queues: where stopped groups are recorded (none: a dead-lettered message lets its
+    /// group go on).
+    group_store: Option<Arc<dyn groups::GroupStore>>,
 }
 
 /// Everything a message task needs; shared by all of them.
@@ -147,6 +183,12 @@ struct Shared<H> {
     groups: Mutex<HashMap<String, VecDeque<(Message, OwnedSemaphorePermit)>>>,
     /// When the engine last made progress (for container health checks).
     progress: Arc<crate::health::Progress>,
+    /// FIFO queues: stopped groups (see `groups.rs`).
+    group_store: Option<Arc<dyn groups::GroupStore>>,
+    /// FIFO: how many of each message's receives were spent held back behind its group's
+    /// head, by message id (this process's count; a message that moves to another process
+    /// starts again there, which only makes the count conservative).
+    waited: Mutex<HashMap<String, u32>>,
     /// Stops receives while the handler's dependency is down (see `breaker.rs`).
     breaker: Breaker,
 }
@@ -165,7 +207,16 @@ impl<H: Handler> Engine<H> {
             config,
             handler: Arc::new(handler),
             metrics,
+            group_store: None,
         }
+    }
+
+    /// On a FIFO queue, stop a group behind its dead-lettered message, recorded in `store`
+    /// (see `groups.rs`), instead of letting the rest of the group go on.
+    #[must_use]
+    pub fn with_group_store(mut self, store: Arc<dyn groups::GroupStore>) -> Self {
+        self.group_store = Some(store);
+        self
     }
 
     /// Reads the queue's visibility timeout and redrive policy.
@@ -225,6 +276,8 @@ impl<H: Handler> Engine<H> {
             limit: Limit::new(policy.min),
             groups: Mutex::default(),
             progress: Arc::default(),
+            group_store: self.group_store.clone(),
+            waited: Mutex::default(),
             breaker: Breaker::new(self.config.breaker_policy(), self.metrics.clone()),
             settings,
         });

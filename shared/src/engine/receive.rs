@@ -93,7 +93,8 @@ impl<H: Handler> Engine<H> {
                             let permit = batch.split(1).expect("one permit per message");
                             let shared = shared.clone();
                             tasks.spawn(async move {
-                                process(&shared, message, permit, None, &mut Instant::now()).await;
+                                process(&shared, message, permit, None, &mut Instant::now(), None)
+                                    .await;
                             });
                         }
                     }

@@ -39,7 +39,9 @@ pub(super) async fn resolve_queue(
     let redrive = attributes
         .get(&QueueAttributeName::RedrivePolicy)
         .and_then(|p| serde_json::from_str::<RedrivePolicy>(p).ok());
-    let max_receive_count = redrive.as_ref().map(|r| r.max_receive_count);
+    let max_receive_count = config
+        .max_receives
+        .or(redrive.as_ref().map(|r| r.max_receive_count));
     let dlq_url = match (&config.dlq_url, redrive) {
         (Some(url), _) => url.clone(),
         (None, Some(policy)) => dlq_url_from_arn(sqs, &policy.dead_letter_target_arn).await?,

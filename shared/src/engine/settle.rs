@@ -7,6 +7,7 @@ use tracing::{debug, warn};
 
 use super::breaker::Signal;
 use super::dead_letter::dead_letter;
+use super::groups::LineStop;
 use super::{Flow, Shared};
 use crate::aws_error::{classify, AwsError};
 use crate::config::SQS_MAX_BATCH;
@@ -21,6 +22,7 @@ pub(super) async fn settle<H: Handler>(
     message: Message,
     outcome: Outcome,
     elapsed_ms: u64,
+    line: Option<&mut LineStop>,
 ) -> Flow {
     let metrics = &shared.metrics;
     match outcome {
@@ -33,9 +35,23 @@ pub(super) async fn settle<H: Handler>(
             Metrics::incr(counter);
             shared.breaker.record(Signal::Healthy, Instant::now());
             debug!(outcome = outcome.label(), elapsed_ms, "handled");
+            if let (Some(store), Some(line)) = (&shared.group_store, line) {
+                if line.stop.is_some() {
+                    // Recorded before the delete: a crash in between leaves the message to be
+                    // handled again (a duplicate), never a stop that waits for it for ever.
+                    match store.applied(&line.key, message.original_id()).await {
+                        Ok(now) => line.stop = now,
+                        Err(err) => {
+                            let reason =
+                                Reason::dependency("group-store-unavailable", err.to_string());
+                            return retry_later(shared, &message, &reason).await;
+                        }
+                    }
+                }
+            }
             // The deleter outlives every task, so the send cannot fail while we run.
             let _ = shared.deletes.send(message.receipt_handle).await;
-            Flow::Next
+            Flow::Deleted
         }
         Outcome::Retry(reason) => {
             let signal = if reason.dependency {
@@ -44,26 +60,33 @@ pub(super) async fn settle<H: Handler>(
                 Signal::Neutral
             };
             let outage = shared.breaker.record(signal, Instant::now()) && reason.dependency;
+            // FIFO: receives the message spent held back behind its group's head are not its own.
+            let own = message
+                .receive_count
+                .saturating_sub(shared.waited(&message.message_id));
             let exhausted = shared
                 .settings
                 .max_receive_count
-                .is_some_and(|max| message.receive_count >= max);
+                .is_some_and(|max| own >= max);
             if exhausted && outage {
                 // The outage spent its receives, not the message: keep it going.
-                ride_out(shared, message, reason).await
+                ride_out(shared, message, reason, line).await
             } else if exhausted {
                 let reason = Reason::new(
                     "retries-exhausted",
-                    format!("{} receives; last error {reason}", message.receive_count),
+                    format!(
+                        "{own} receives of its own ({} in all); last error {reason}",
+                        message.receive_count
+                    ),
                 );
-                dead_letter(shared, message, reason).await
+                dead_letter(shared, message, reason, line).await
             } else {
                 retry_later(shared, &message, &reason).await
             }
         }
         Outcome::Permanent(reason) => {
             shared.breaker.record(Signal::Neutral, Instant::now());
-            dead_letter(shared, message, reason).await
+            dead_letter(shared, message, reason, line).await
         }
     }
 }
@@ -76,7 +99,12 @@ pub(super) async fn settle<H: Handler>(
 /// Not for FIFO queues (a copy would go to the end of its group, behind later commands), nor
 /// past the policy's `max_outage` (counted from [`crate::dlq::names::OUTAGE_SINCE`]), nor when
 /// the message has no room for that attribute: those are dead-lettered with the reason.
-async fn ride_out<H: Handler>(shared: &Shared<H>, message: Message, reason: Reason) -> Flow {
+async fn ride_out<H: Handler>(
+    shared: &Shared<H>,
+    message: Message,
+    reason: Reason,
+    line: Option<&mut LineStop>,
+) -> Flow {
     use crate::dlq::{names::OUTAGE_SINCE, SQS_MAX_MESSAGE_ATTRIBUTES};
     let now = now_ms();
     let since = message
@@ -103,7 +131,7 @@ async fn ride_out<H: Handler>(shared: &Shared<H>, message: Message, reason: Reas
                 message.receive_count
             ),
         );
-        return dead_letter(shared, message, reason).await;
+        return dead_letter(shared, message, reason, line).await;
     }
     // SQS delays a message by at most 15 minutes.
     let delay = shared
@@ -130,7 +158,7 @@ async fn ride_out<H: Handler>(shared: &Shared<H>, message: Message, reason: Reas
                 "last receive failed during a dependency outage: a fresh copy goes back on the queue"
             );
             let _ = shared.deletes.send(message.receipt_handle).await;
-            Flow::Next
+            Flow::Deleted
         }
         Err(err) => {
             let err = classify(&err);
@@ -141,7 +169,7 @@ async fn ride_out<H: Handler>(shared: &Shared<H>, message: Message, reason: Reas
                     message.receive_count
                 ),
             );
-            dead_letter(shared, message, reason).await
+            dead_letter(shared, message, reason, line).await
         }
     }
 }
