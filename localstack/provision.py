@@ -47,6 +47,19 @@ def render(template: str, values: dict[str, str]) -> str:
     return TEMPLATE.sub(sub, template)
 
 
+def owner_values(document: Path) -> dict[str, str]:
+    """The placeholders every rendering of the document gets besides the deployment's names:
+    ${set_owner}, the one definition of the caller's owner id (owner.json beside the document;
+    Terraform's modules/api-document reads the same file)."""
+    owner = json.loads((document.parent / "owner.json").read_text())
+    return {"set_owner": owner["set_owner"].strip()}
+
+
+def render_document(document: Path, names: dict[str, str]) -> str:
+    """The API document as Terraform's modules/api-document renders it for the same names."""
+    return render(document.read_text(), {**names, **owner_values(document)})
+
+
 class Provisioner:
     def __init__(self, endpoint: str, region: str, prefix: str, stage: str):
         session = boto3.session.Session(
@@ -139,6 +152,14 @@ class Provisioner:
                 )
                 self.ddb.get_waiter("table_exists").wait(TableName=name)
             else:
+                if existing["KeySchema"] != key_schema(t):
+                    # A key cannot change in place (e.g. payments and orders became owner-scoped:
+                    # docs/security.md). Local data is disposable, but not silently.
+                    raise SystemExit(
+                        f"table {name} has the key {existing['KeySchema']}, the topology says "
+                        f"{key_schema(t)}: delete it (aws dynamodb delete-table --table-name {name}) "
+                        "and provision again"
+                    )
                 have = {i["IndexName"] for i in existing.get("GlobalSecondaryIndexes", [])}
                 for index_name, index in indexes.items():
                     if index_name not in have:
@@ -194,7 +215,7 @@ class Provisioner:
         for var, ref in spec["template_vars"].items():
             kind, key = ref.split(":", 1)
             values[var] = queues[key]["name"] if kind == "queue" else tables[key]
-        body = render((ROOT / spec["document"]).read_text(), values)
+        body = render_document(ROOT / spec["document"], values)
 
         name = self.name("api")
         existing = [a for a in self.apigw.get_rest_apis(limit=500)["items"] if a["name"] == name]
@@ -223,8 +244,9 @@ class Provisioner:
                 throttle={"rateLimit": 1000.0, "burstLimit": 2000},
             )["id"]
 
-        # Two clients: the key to use, and another client's (to see that clients are kept apart:
-        # idempotency keys, GET /vpcs).
+        # Two clients: the key to use, and another client's. Each key id is its caller's owner id
+        # on the local stack (no Cognito here; docs/security.md), so the two are kept apart:
+        # tests/isolation.rs.
         key = self.api_key(plan_id, "key")
         other = self.api_key(plan_id, "other-key")
         return {
@@ -233,6 +255,7 @@ class Provisioner:
             "key": key["value"],
             "key_id": key["id"],
             "other_key": other["value"],
+            "other_key_id": other["id"],
         }
 
     def api_key(self, plan_id: str, suffix: str) -> dict:

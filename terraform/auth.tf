@@ -32,15 +32,17 @@ resource "aws_cognito_user_pool" "api" {
   }
 }
 
-# Machine clients and people alike get tokens through this client (no secret: the SRP and
-# refresh-token flows).
+# Machine clients and people alike get tokens through this client (no secret). Flows: SRP (SDKs
+# and apps that implement it), USER_PASSWORD_AUTH (a CLI or server client signs in with its user
+# name and password through `aws cognito-idp initiate-auth`, over TLS; docs/security.md has the
+# recipe), and refresh tokens. The API's owner id is the ID token's sub.
 resource "aws_cognito_user_pool_client" "api" {
   count                         = var.cognito_user_pool_enabled ? 1 : 0
   name                          = "${local.prefix}api-client"
   user_pool_id                  = aws_cognito_user_pool.api[0].id
   generate_secret               = false
   prevent_user_existence_errors = "ENABLED"
-  explicit_auth_flows           = ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
+  explicit_auth_flows           = ["ALLOW_USER_SRP_AUTH", "ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
   access_token_validity         = 60
   id_token_validity             = 60
   refresh_token_validity        = 30

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
-use integration_tests::{eventually, string_attr, Stack, Worker};
+use integration_tests::{api_key_ids, eventually, string_attr, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -64,15 +64,19 @@ async fn orders_are_kept_24_hours_with_their_numbers_exact() -> Result<()> {
         expires.abs_diff(expected) <= 60,
         "expires {expires}, receipt + 24 h = {expected}"
     );
+    // Keyed by the caller's owner id (on the local stack: its API key id) and the record id.
+    let (owner, _) = api_key_ids(&stack).await?;
     let stored = stack
         .dynamodb
         .get_item()
         .table_name(stack.table("orders"))
-        .key("record_id", AttributeValue::S("r-3".into()))
+        .key("owner_record_id", AttributeValue::S(format!("{owner}#r-3")))
         .send()
         .await?
         .item
         .context("r-3")?;
+    assert_eq!(stored["owner_id"], AttributeValue::S(owner.clone()));
+    assert_eq!(stored["record_id"], AttributeValue::S("r-3".into()));
     assert_eq!(
         stored["parameter_2"],
         AttributeValue::N("-12.5".into()),
@@ -141,6 +145,8 @@ async fn a_redelivered_batch_writes_nothing_and_a_conflicting_record_is_dead_let
     let stack = Stack::provision().await?;
     let queue = stack.queue("orders").clone();
     let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    // As the gateway sends them for the stack's key: its owner id is the key's id.
+    let (owner, _) = api_key_ids(&stack).await?;
     let send = |body: &'static str| {
         stack
             .sqs
@@ -151,6 +157,7 @@ async fn a_redelivered_batch_writes_nothing_and_a_conflicting_record_is_dead_let
                 "receivedAt",
                 string_attr(&fleet::util::now_ms().to_string()),
             )
+            .message_attributes("ownerId", string_attr(&owner))
             .send()
     };
     send(r#"[{"record_id":"d-1","parameter_1":"x","parameter_2":3.0}]"#).await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{eventually, payment_body, string_attr, Stack, Worker};
+use integration_tests::{api_key_ids, eventually, payment_body, string_attr, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -82,20 +82,28 @@ async fn put_is_stored_and_readable_through_the_gateway() -> Result<()> {
         "the gateway's request id is kept"
     );
 
+    // Keyed by the caller's owner id (on the local stack: its API key id) and the payment id.
+    let (key_id, _) = api_key_ids(&stack).await?;
     let row = stack
         .dynamodb
         .get_item()
         .table_name(stack.table("payments"))
-        .key("paymentId", AttributeValue::S("pay-1".into()))
-        .key("userId", AttributeValue::S("user-1".into()))
+        .key(
+            "ownerPaymentId",
+            AttributeValue::S(format!("{key_id}#pay-1")),
+        )
         .send()
         .await?
         .item
         .expect("row stored");
     assert_eq!(row["amount"].as_n().unwrap(), "12.5");
     assert_eq!(row["payloadHash"].as_s().unwrap().len(), 64);
-    assert!(
-        row["apiKeyId"].as_s().is_ok_and(|k| !k.is_empty()),
+    assert_eq!(row["ownerId"].as_s().unwrap(), &key_id, "owner recorded");
+    assert_eq!(row["paymentId"].as_s().unwrap(), "pay-1");
+    assert_eq!(row["userId"].as_s().unwrap(), "user-1");
+    assert_eq!(
+        row["apiKeyId"].as_s().unwrap(),
+        &key_id,
         "API key id recorded"
     );
     let (code, _, _) = worker.terminate(Duration::from_secs(30)).await?;
@@ -277,9 +285,13 @@ async fn special_characters_arrive_byte_identical() -> Result<()> {
     assert!(attrs["requestId"]
         .string_value()
         .is_some_and(|v| !v.is_empty()));
-    assert!(attrs["apiKeyId"]
-        .string_value()
-        .is_some_and(|v| !v.is_empty()));
+    let (key_id, _) = api_key_ids(&stack).await?;
+    assert_eq!(attrs["apiKeyId"].string_value(), Some(key_id.as_str()));
+    assert_eq!(
+        attrs["ownerId"].string_value(),
+        Some(key_id.as_str()),
+        "the owner: the API key id without Cognito"
+    );
     assert!(attrs["receivedAt"]
         .string_value()
         .is_some_and(|v| v.parse::<u64>().is_ok()));
@@ -362,11 +374,14 @@ async fn same_id_with_another_payload_is_a_conflict_in_the_dlq() -> Result<()> {
         Some("1"),
         "at once, not after 3 receives"
     );
-    assert_eq!(
-        attrs["paymentId"].string_value(),
-        Some("pay-c"),
-        "original attributes kept"
-    );
+    // Five original attributes and six reasons exceed SQS's ten: the engine folds the originals.
+    let originals: Value = serde_json::from_str(
+        attrs["fleet.original-attributes"]
+            .string_value()
+            .expect("original attributes kept"),
+    )?;
+    assert_eq!(originals["paymentId"]["string_value"], "pay-c");
+    assert!(originals["ownerId"]["string_value"].is_string());
     assert!(dead[0].body().unwrap().contains("11"));
 
     let (_, after) = get_payment(&stack, "pay-c").await?;

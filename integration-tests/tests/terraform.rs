@@ -109,22 +109,81 @@ output "decoded" {{ value = yamldecode(module.document.body) }}
     Ok((body, decoded))
 }
 
+fn python() -> std::path::PathBuf {
+    std::env::var_os("FLEET_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join(".localstack/venv/bin/python"))
+}
+
 fn render_with_provisioner(
     document: &Path,
     vars: &serde_json::Map<String, Value>,
 ) -> Result<String> {
-    let python = std::env::var_os("FLEET_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root().join(".localstack/venv/bin/python"));
-    run(Command::new(python)
+    run(Command::new(python())
         .current_dir(root().join("localstack"))
         .args([
             "-c",
-            "import json, sys, provision; \
-             sys.stdout.write(provision.render(open(sys.argv[1]).read(), json.loads(sys.argv[2])))",
+            "import json, pathlib, sys, provision; \
+             sys.stdout.write(provision.render_document(pathlib.Path(sys.argv[1]), json.loads(sys.argv[2])))",
         ])
         .arg(document)
         .arg(Value::Object(vars.clone()).to_string()))
+}
+
+/// The one definition of the caller's owner id (`api-gateway-mappings/owner.json`, beside the
+/// document): a VTL statement that sets `$owner`, which both renderers substitute for
+/// `${set_owner}`.
+fn owner_definition(document: &Path) -> Result<String> {
+    let path = document
+        .parent()
+        .context("the document's folder")?
+        .join("owner.json");
+    let owner: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    Ok(owner["set_owner"].as_str().context("set_owner")?.to_owned())
+}
+
+/// What `$owner` is after `definition`, in API Gateway's VTL as LocalStack runs it, for each
+/// named `$context`.
+fn evaluate_owner(definition: &str, contexts: &Value) -> Result<Value> {
+    let script = r#"
+import json, sys
+from localstack.services.apigateway.next_gen.execute_api.template_mapping import ApiGatewayVtlTemplate
+out = {}
+for name, context in json.loads(sys.argv[2]).items():
+    context.update({"requestOverride": {}, "responseOverride": {}})
+    variables = {"context": context, "input": {"body": "", "params": {}}}
+    overrides = {"requestOverride": {}, "responseOverride": {}}
+    out[name] = ApiGatewayVtlTemplate().render_request(sys.argv[1] + "[$owner]", variables, overrides)[0]
+print(json.dumps(out))
+"#;
+    Ok(serde_json::from_str(&run(Command::new(python())
+        .args(["-c", script, definition])
+        .arg(contexts.to_string()))?)?)
+}
+
+/// Every mapping template of an operation: request templates and integration responses'.
+fn templates(op: &Value) -> Vec<&str> {
+    let integration = &op["x-amazon-apigateway-integration"];
+    let mut out: Vec<&str> = integration["requestTemplates"]
+        .as_object()
+        .into_iter()
+        .flat_map(|t| t.values().filter_map(Value::as_str))
+        .collect();
+    for response in integration["responses"]
+        .as_object()
+        .into_iter()
+        .flat_map(|r| r.values())
+    {
+        out.extend(
+            response["responseTemplates"]
+                .as_object()
+                .into_iter()
+                .flat_map(|t| t.values().filter_map(Value::as_str)),
+        );
+    }
+    out
 }
 
 /// The topology's document and every placeholder both renderers fill: the fixed three and the
@@ -241,5 +300,111 @@ fn with_a_user_pool_every_keyed_route_also_requires_a_cognito_jwt() -> Result<()
     assert!(in_document > 10);
     assert_eq!(keyed, in_document, "every route that needs a key");
     assert!(public >= 2, "the public posts routes stay public");
+    Ok(())
+}
+
+#[test]
+fn the_document_names_the_caller_only_through_the_owner_definition() -> Result<()> {
+    let (document, _) = document_and_vars()?;
+    let text = std::fs::read_to_string(&document)?;
+    let definition = owner_definition(&document)?;
+    assert!(
+        definition.contains("context.authorizer.claims.sub")
+            && definition.contains("context.identity.apiKeyId"),
+        "{definition}"
+    );
+    // No template derives an identity of its own: the claims appear nowhere, and the API key
+    // id only as the apiKeyId attribute (which client application sent it), once per use.
+    assert!(
+        !text.contains("context.authorizer"),
+        "no copy of the owner logic"
+    );
+    assert_eq!(
+        text.matches("$context.identity.apiKeyId").count(),
+        text.matches("Name=apiKeyId&").count(),
+        "the API key id is only the apiKeyId provenance attribute"
+    );
+    assert!(text.matches("${set_owner}").count() > 10);
+    Ok(())
+}
+
+#[test]
+fn with_a_user_pool_the_owner_is_the_jwt_sub_and_else_the_api_key_id() -> Result<()> {
+    if !terraform_available()? {
+        return Ok(());
+    }
+    let (document, vars) = document_and_vars()?;
+    let definition = owner_definition(&document)?;
+    let pool = "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/eu-west-1_abc";
+    let (_, api) = render_with_terraform(&document, &vars, &[pool])?;
+
+    // Every keyed route but the shared catalogue's reads derives the owner, with the one
+    // definition, before any use of it; every write sends it to the worker.
+    let shared = ["get /books", "get /books/{book_id}"];
+    let mut owned = 0;
+    for (path, item) in api["paths"].as_object().context("paths")? {
+        for (method, op) in item.as_object().context("path item")? {
+            if op.get("security").is_none() {
+                assert!(
+                    templates(op).iter().all(|t| !t.contains("$owner")),
+                    "{method} {path} is public: no owner"
+                );
+                continue;
+            }
+            let route = format!("{method} {path}");
+            let using: Vec<&str> = templates(op)
+                .into_iter()
+                .filter(|t| t.contains("$owner"))
+                .collect();
+            if shared.contains(&route.as_str()) {
+                assert!(using.is_empty(), "{route} is the shared catalogue");
+                continue;
+            }
+            assert!(!using.is_empty(), "{route} derives the owner");
+            owned += 1;
+            for template in using {
+                let at = template
+                    .find(&definition)
+                    .with_context(|| format!("{route}: the owner definition in {template}"))?;
+                let first_use = template.find("$owner").unwrap();
+                assert!(
+                    (at..at + definition.len()).contains(&first_use),
+                    "{route}: $owner used before its definition: {template}"
+                );
+                assert!(
+                    !template
+                        .replace(&definition, "")
+                        .contains("context.authorizer"),
+                    "{route}: no second derivation"
+                );
+            }
+            let uri = op["x-amazon-apigateway-integration"]["uri"]
+                .as_str()
+                .unwrap_or_default();
+            if uri.contains(":sqs:path/") {
+                let request = templates(op)[0];
+                assert!(
+                    request.contains("Name=ownerId&")
+                        && request.contains("StringValue=$util.urlEncode($owner)"),
+                    "{route} sends ownerId: {request}"
+                );
+            }
+        }
+    }
+    assert!(owned >= 12, "{owned} routes use the owner");
+
+    // What the definition selects, in API Gateway's VTL (as LocalStack evaluates it).
+    let owners = evaluate_owner(
+        &definition,
+        &serde_json::json!({
+            "both": {"identity": {"apiKeyId": "key123"},
+                     "authorizer": {"claims": {"sub": "5f0c-user-sub", "email": "a@b.c"}}},
+            "api key only": {"identity": {"apiKeyId": "key123"}},
+            "no claims": {"identity": {"apiKeyId": "key123"}, "authorizer": {}},
+        }),
+    )?;
+    assert_eq!(owners["both"], "[5f0c-user-sub]", "Cognito's sub wins");
+    assert_eq!(owners["api key only"], "[key123]", "else the API key id");
+    assert_eq!(owners["no claims"], "[key123]");
     Ok(())
 }

@@ -4,7 +4,11 @@
 # that requires an API key. No provider: pure functions of the inputs.
 
 locals {
-  rendered = templatefile(var.document_path, var.template_vars)
+  # ${set_owner}: the one definition of the caller's owner id, owner.json beside the document
+  # (provision.py reads the same file). With the Cognito authorizer it yields the JWT's sub,
+  # without it the API key id: the same VTL serves both (docs/security.md).
+  owner    = jsondecode(file("${dirname(var.document_path)}/owner.json"))
+  rendered = templatefile(var.document_path, merge(var.template_vars, { set_owner = trimspace(local.owner.set_owner) }))
   cognito  = length(var.cognito_user_pool_arns) > 0
 
   cognito_scheme = jsonencode({

@@ -4,11 +4,14 @@
 use fleet::Message;
 use serde::Deserialize;
 
+/// The gateway attributes naming the caller (docs/security.md), defined by the engine.
+pub use fleet::message::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
+
 /// Message attribute: `CREATE`, `UPDATE` or `DELETE`.
 pub const ATTR_COMMAND: &str = "command";
 /// Message attribute: the book (also the FIFO message group).
 pub const ATTR_BOOK_ID: &str = "bookId";
-/// Message attribute: the command's id (the gateway's request id, or `<api key id>-<key>`).
+/// Message attribute: the command's id (the gateway's request id, or `<owner id>-<key>`).
 pub const ATTR_REQUEST_ID: &str = "requestId";
 /// Message attribute: the `If-Match` header, when given.
 pub const ATTR_IF_MATCH: &str = "ifMatch";
@@ -64,6 +67,9 @@ pub struct Command {
     pub book_id: String,
     /// Its id: what a client reads its outcome by, and what makes a replay apply once.
     pub request_id: String,
+    /// Who sent it (owner id): the owner of the book it creates, and the only one whose update
+    /// or delete of that book applies; its record is readable by this owner only.
+    pub owner: String,
     /// The version the client based it on (`If-Match`).
     pub if_match: Option<u64>,
     /// When the gateway received it, ms since the epoch.
@@ -79,10 +85,20 @@ pub struct Command {
 #[error("{0}")]
 pub struct Malformed(pub String);
 
+/// A book as it is now: what explains a refused command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    /// Its version.
+    pub version: u64,
+    /// Its owner id (`None`: a book created before books had owners, which no one may change).
+    pub owner: Option<String>,
+}
+
 /// Why a well-formed command is refused: recorded where its client reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// Stable code: `invalid-isbn`, `stale-version`, `not-found`, `already-exists`.
+    /// Stable code: `invalid-isbn`, `stale-version`, `not-found`, `already-exists`,
+    /// `not-owner`.
     pub reason: &'static str,
     /// For humans.
     pub detail: String,
@@ -137,11 +153,17 @@ impl Command {
         };
         let book_id = required(ATTR_BOOK_ID)?.to_owned();
         let request_id = required(ATTR_REQUEST_ID)?.to_owned();
+        // Who may do this is part of the command: without a sender it cannot be authorised.
+        let owner = required(ATTR_OWNER_ID)
+            .or_else(|_| required(ATTR_API_KEY_ID))
+            .map_err(|_| Malformed(format!("message attribute {ATTR_OWNER_ID} is missing")))?
+            .to_owned();
         let payload_hash = payload_hash(kind, &book_id, if_match, book.as_ref());
         Ok(Self {
             kind,
             book_id,
             request_id,
+            owner,
             if_match,
             received_at_ms: message
                 .attribute(ATTR_RECEIVED_AT)
@@ -166,11 +188,23 @@ impl Command {
         }
     }
 
-    /// Why the store refused the command, from the book's current version (`None`: no such
-    /// book). `None` when the refusal is not explained by it (the book changed in between):
-    /// then the command is tried again.
-    pub fn rejection(&self, current_version: Option<u64>) -> Option<Rejection> {
-        match (self.kind, current_version, self.if_match) {
+    /// Why the store refused the command, from the book as it is now (`None`: no such book).
+    /// `None` when the refusal is not explained by it (the book changed in between): then the
+    /// command is tried again. Another owner's update or delete is `not-owner`, whatever its
+    /// `If-Match`.
+    pub fn rejection(&self, current: Option<&Current>) -> Option<Rejection> {
+        if let (Kind::Update | Kind::Delete, Some(c)) = (self.kind, current) {
+            if c.owner.as_deref() != Some(self.owner.as_str()) {
+                return Some(Rejection {
+                    reason: "not-owner",
+                    detail: format!(
+                        "book {} belongs to another owner: only its creator may change it",
+                        self.book_id
+                    ),
+                });
+            }
+        }
+        match (self.kind, current.map(|c| c.version), self.if_match) {
             (Kind::Create, Some(v), _) => Some(Rejection {
                 reason: "already-exists",
                 detail: format!("book {} already exists (version {v})", self.book_id),
@@ -279,6 +313,7 @@ pub(crate) mod tests {
             (ATTR_COMMAND, kind),
             (ATTR_BOOK_ID, "b-1"),
             (ATTR_REQUEST_ID, "r-1"),
+            (ATTR_OWNER_ID, "owner-a"),
             (ATTR_RECEIVED_AT, "1700000000000"),
         ];
         if let Some(m) = if_match {
@@ -341,21 +376,79 @@ pub(crate) mod tests {
         assert_eq!(c.check().unwrap_err().reason, "invalid-isbn");
     }
 
+    fn at(version: u64, owner: Option<&str>) -> Current {
+        Current {
+            version,
+            owner: owner.map(str::to_owned),
+        }
+    }
+
     #[test]
-    fn refusals_are_explained_by_the_current_version() {
+    fn refusals_are_explained_by_the_current_book() {
+        let mine = Some("owner-a");
         let update = Command::from_message(&command("UPDATE", Some("2"), BOOK)).unwrap();
-        assert_eq!(update.rejection(Some(3)).unwrap().reason, "stale-version");
+        assert_eq!(
+            update.rejection(Some(&at(3, mine))).unwrap().reason,
+            "stale-version"
+        );
         assert_eq!(update.rejection(None).unwrap().reason, "not-found");
         assert_eq!(
-            update.rejection(Some(2)),
+            update.rejection(Some(&at(2, mine))),
             None,
             "changed in between: try again"
         );
         let create = Command::from_message(&command("CREATE", None, BOOK)).unwrap();
-        assert_eq!(create.rejection(Some(1)).unwrap().reason, "already-exists");
+        assert_eq!(
+            create
+                .rejection(Some(&at(1, Some("owner-b"))))
+                .unwrap()
+                .reason,
+            "already-exists"
+        );
         let delete = Command::from_message(&command("DELETE", None, "{}")).unwrap();
         assert_eq!(delete.rejection(None).unwrap().reason, "not-found");
         assert_eq!(delete.next_version(), None);
+    }
+
+    #[test]
+    fn another_owner_s_change_is_not_owner_whatever_its_version() {
+        let update = Command::from_message(&command("UPDATE", Some("2"), BOOK)).unwrap();
+        let delete = Command::from_message(&command("DELETE", None, "{}")).unwrap();
+        for command in [&update, &delete] {
+            for current in [at(2, Some("owner-b")), at(7, Some("owner-b")), at(2, None)] {
+                assert_eq!(
+                    command.rejection(Some(&current)).unwrap().reason,
+                    "not-owner",
+                    "{command:?} on {current:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_sender_is_the_owner_id_else_the_api_key_id_and_required() {
+        let c = Command::from_message(&command("CREATE", None, BOOK)).unwrap();
+        assert_eq!(c.owner, "owner-a");
+        let by_key = message(
+            &[
+                (ATTR_COMMAND, "DELETE"),
+                (ATTR_BOOK_ID, "b-1"),
+                (ATTR_REQUEST_ID, "r"),
+                (ATTR_API_KEY_ID, "key-1"),
+            ],
+            "{}",
+        );
+        assert_eq!(Command::from_message(&by_key).unwrap().owner, "key-1");
+        let nobody = message(
+            &[
+                (ATTR_COMMAND, "DELETE"),
+                (ATTR_BOOK_ID, "b-1"),
+                (ATTR_REQUEST_ID, "r"),
+            ],
+            "{}",
+        );
+        let err = Command::from_message(&nobody).unwrap_err();
+        assert!(err.0.contains(ATTR_OWNER_ID), "{err}");
     }
 
     #[test]

@@ -8,16 +8,19 @@
 //! - decided before (a replay of the same request id): nothing is written
 //!   ([`Outcome::Duplicate`]); the same id with another payload is a reused idempotency key
 //!   and goes to the DLQ;
-//! - refused by the book's state (a stale `If-Match`, no such book, already exists) or a wrong
+//! - refused by the book's state (a stale `If-Match`, no such book, already exists), by its
+//!   owner (an update or delete by anyone but the book's creator: `not-owner`) or a wrong
 //!   ISBN check digit: the book is untouched and the command is recorded `REJECTED` with the
-//!   reason, which the client reads at `GET /books/{book_id}/commands/{request_id}`. The
+//!   reason, which its sender (only) reads at `GET /books/{book_id}/commands/{request_id}`. The
 //!   message is then finished: retrying cannot change the answer, and a client's mistake is
 //!   not an operator's incident (counted as `commands_rejected`);
 //! - a message the gateway could not have sent goes to the DLQ;
 //! - DynamoDB throttling, timeouts, 5xx and transaction conflicts are retried with backoff,
 //!   holding back only that book's later commands.
 //!
-//! The query side is API Gateway reading the `books` table directly: no code here.
+//! The query side is API Gateway reading the `books` table directly: no code here. The books
+//! are a shared catalogue (every caller reads every book); the command records are their
+//! sender's (each carries `owner_id`, which the gateway compares with the caller's).
 
 pub mod command;
 pub mod store;
@@ -122,7 +125,7 @@ impl<S: BookStore> Handler for BooksHandler<S> {
                 Outcome::Done
             }
             Ok(Apply::Duplicate { payload_hash }) => self.replayed(&command, payload_hash),
-            Ok(Apply::Refused { current_version }) => match command.rejection(current_version) {
+            Ok(Apply::Refused { current }) => match command.rejection(current.as_ref()) {
                 Some(rejection) => self.reject(&command, rejection).await,
                 None => Outcome::retry(
                     "concurrent-change",
@@ -148,10 +151,11 @@ mod tests {
     use crate::command::tests::{command, BOOK};
     use crate::command::Kind;
 
-    /// Books by id (version), decisions by request id (status, hash), and an injected failure.
+    /// Books by id (version, owner), decisions by request id (status, hash), and an injected
+    /// failure.
     #[derive(Default)]
     struct FakeStore {
-        books: Mutex<HashMap<String, u64>>,
+        books: Mutex<HashMap<String, (u64, String)>>,
         decisions: Mutex<HashMap<String, (&'static str, String)>>,
         fail: Mutex<Option<AwsError>>,
     }
@@ -167,22 +171,29 @@ mod tests {
                 });
             }
             let mut books = self.books.lock().unwrap();
-            let current = books.get(&c.book_id).copied();
+            let current = books.get(&c.book_id).cloned();
+            let version = current.as_ref().map(|(v, _)| *v);
+            let owned = current.as_ref().is_some_and(|(_, o)| *o == c.owner);
             let ok = match c.kind {
                 Kind::Create => current.is_none(),
-                Kind::Update => current.is_some() && current == c.if_match,
-                Kind::Delete => {
-                    current.is_some() && (c.if_match.is_none() || current == c.if_match)
-                }
+                Kind::Update => owned && version == c.if_match,
+                Kind::Delete => owned && (c.if_match.is_none() || version == c.if_match),
             };
             if !ok {
                 return Ok(Apply::Refused {
-                    current_version: current,
+                    current: current.map(|(version, owner)| crate::command::Current {
+                        version,
+                        owner: Some(owner),
+                    }),
                 });
             }
             match c.kind {
                 Kind::Delete => books.remove(&c.book_id),
-                _ => books.insert(c.book_id.clone(), c.next_version().unwrap()),
+                Kind::Create => books.insert(c.book_id.clone(), (1, c.owner.clone())),
+                Kind::Update => {
+                    let owner = c.owner.clone();
+                    books.insert(c.book_id.clone(), (c.next_version().unwrap(), owner))
+                }
             };
             self.decisions
                 .lock()
@@ -225,7 +236,7 @@ mod tests {
         assert_eq!(h.handle(&create).await, Outcome::Duplicate);
         let update = with_request(command("UPDATE", Some("1"), BOOK), "r-2");
         assert_eq!(h.handle(&update).await, Outcome::Done);
-        assert_eq!(h.store.books.lock().unwrap()["b-1"], 2);
+        assert_eq!(h.store.books.lock().unwrap()["b-1"].0, 2);
         let delete = with_request(command("DELETE", Some("2"), "{}"), "r-3");
         assert_eq!(h.handle(&delete).await, Outcome::Done);
         assert!(h.store.books.lock().unwrap().is_empty());
@@ -240,9 +251,49 @@ mod tests {
         let stale = with_request(command("UPDATE", Some("1"), BOOK), "r-3");
         assert_eq!(h.handle(&stale).await, Outcome::Done);
         assert_eq!(h.store.decisions.lock().unwrap()["r-3"].0, "stale-version");
-        assert_eq!(h.store.books.lock().unwrap()["b-1"], 2, "not overwritten");
+        assert_eq!(h.store.books.lock().unwrap()["b-1"].0, 2, "not overwritten");
         assert_eq!(h.rejected.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(h.handle(&stale).await, Outcome::Duplicate, "decided once");
+    }
+
+    fn from(mut m: Message, owner: &str) -> Message {
+        let v = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(owner)
+            .build()
+            .unwrap();
+        m.attributes.insert(crate::command::ATTR_OWNER_ID.into(), v);
+        m
+    }
+
+    #[tokio::test]
+    async fn only_the_creator_changes_a_book() {
+        let h = handler();
+        h.handle(&command("CREATE", None, BOOK)).await;
+        let update = from(
+            with_request(command("UPDATE", Some("1"), BOOK), "r-2"),
+            "owner-b",
+        );
+        assert_eq!(
+            h.handle(&update).await,
+            Outcome::Done,
+            "finished, not retried"
+        );
+        assert_eq!(h.store.decisions.lock().unwrap()["r-2"].0, "not-owner");
+        let delete = from(
+            with_request(command("DELETE", None, "{}"), "r-3"),
+            "owner-b",
+        );
+        assert_eq!(h.handle(&delete).await, Outcome::Done);
+        assert_eq!(h.store.decisions.lock().unwrap()["r-3"].0, "not-owner");
+        assert_eq!(
+            h.store.books.lock().unwrap()["b-1"],
+            (1, "owner-a".to_owned()),
+            "untouched"
+        );
+        let mine = with_request(command("UPDATE", Some("1"), BOOK), "r-4");
+        assert_eq!(h.handle(&mine).await, Outcome::Done);
+        assert_eq!(h.store.books.lock().unwrap()["b-1"].0, 2);
     }
 
     #[tokio::test]

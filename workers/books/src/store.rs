@@ -3,7 +3,10 @@
 //! Two tables: `books` (the query side, one row per live book, with a `version`) and
 //! `book-commands` (one record per command: what became of it). A command is applied with ONE
 //! `TransactWriteItems`: its record (only if absent: a replay applies nothing twice) and the
-//! change to the book (only at the expected version: optimistic concurrency).
+//! change to the book (only at the expected version: optimistic concurrency; an update or a
+//! delete also only by the book's owner, `owner_id`, set once by its create). Both items carry
+//! the sender's `owner_id`: the book its creator's, the record its sender's (what
+//! `GET /books/{book_id}/commands/{request_id}` checks).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +21,7 @@ use fleet::dynamodb::cancellation_codes;
 use fleet::util::now_ms;
 use fleet::{classify, AwsError, ErrorClass, Metrics};
 
-use crate::command::{Command, Kind, Rejection};
+use crate::command::{Command, Current, Kind, Rejection};
 
 /// How long command records are kept (their `expires_at` TTL): a key replayed later than this
 /// is a new command.
@@ -34,10 +37,11 @@ pub enum Apply {
         /// The recorded command's payload hash.
         payload_hash: Option<String>,
     },
-    /// The book was not in the state the command expects; nothing was written.
+    /// The book was not in the state the command expects (or is another owner's); nothing
+    /// was written.
     Refused {
-        /// The book's version now (`None`: there is no such book).
-        current_version: Option<u64>,
+        /// The book now (`None`: there is no such book).
+        current: Option<Current>,
     },
 }
 
@@ -102,6 +106,7 @@ impl DynamoStore {
         let mut item = HashMap::from([
             ("book_id".to_owned(), s(&command.book_id)),
             ("request_id".to_owned(), s(&command.request_id)),
+            ("owner_id".to_owned(), s(&command.owner)),
             ("command".to_owned(), s(command.kind.as_str())),
             ("payload_hash".to_owned(), s(&command.payload_hash)),
             ("decided_at".to_owned(), n(now)),
@@ -140,6 +145,7 @@ impl DynamoStore {
                     ("isbn".to_owned(), s(&book.isbn)),
                     ("title".to_owned(), s(&book.title)),
                     ("author".to_owned(), s(&book.author)),
+                    ("owner_id".to_owned(), s(&command.owner)),
                     ("version".to_owned(), n(1)),
                     (
                         "created_at".to_owned(),
@@ -186,6 +192,7 @@ impl DynamoStore {
                         ":expected".to_owned(),
                         expected.expect("an update has If-Match"),
                     ),
+                    (":owner".to_owned(), s(&command.owner)),
                 ]);
                 match book.year {
                     Some(year) => {
@@ -208,9 +215,10 @@ impl DynamoStore {
                     .table_name(&self.books)
                     .set_key(Some(key))
                     .update_expression(expression)
-                    .condition_expression("#version = :expected")
+                    .condition_expression("#version = :expected AND #owner = :owner")
                     .set_expression_attribute_names(Some(names(&[
                         "isbn", "title", "author", "version", "updated", "rid", "year", "tags",
+                        "owner",
                     ])))
                     .set_expression_attribute_values(Some(values))
                     .build()
@@ -218,13 +226,19 @@ impl DynamoStore {
                 TransactWriteItem::builder().update(update)
             }
             (Kind::Delete, _) | (_, None) => {
-                let mut delete = Delete::builder().table_name(&self.books).set_key(Some(key));
+                let mut delete = Delete::builder()
+                    .table_name(&self.books)
+                    .set_key(Some(key))
+                    .expression_attribute_names("#owner", "owner_id")
+                    .expression_attribute_values(":owner", s(&command.owner));
                 delete = match expected {
                     Some(version) => delete
-                        .condition_expression("#version = :expected")
+                        .condition_expression("#version = :expected AND #owner = :owner")
                         .expression_attribute_names("#version", "version")
                         .expression_attribute_values(":expected", version),
-                    None => delete.condition_expression("attribute_exists(book_id)"),
+                    None => {
+                        delete.condition_expression("attribute_exists(book_id) AND #owner = :owner")
+                    }
                 };
                 TransactWriteItem::builder().delete(delete.build().expect("table and key are set"))
             }
@@ -232,24 +246,26 @@ impl DynamoStore {
         built.build()
     }
 
-    async fn current_version(&self, book_id: &str) -> Result<Option<u64>, AwsError> {
+    async fn current(&self, book_id: &str) -> Result<Option<Current>, AwsError> {
         let item = self
             .client
             .get_item()
             .table_name(&self.books)
             .key("book_id", s(book_id))
             .consistent_read(true)
-            .projection_expression("#v")
+            .projection_expression("#v, #o")
             .expression_attribute_names("#v", "version")
+            .expression_attribute_names("#o", "owner_id")
             .send()
             .await
             .map_err(|e| classify(&e))?
             .item;
-        Ok(item
-            .as_ref()
-            .and_then(|i| i.get("version"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok()))
+        Ok(item.as_ref().and_then(|i| {
+            Some(Current {
+                version: i.get("version")?.as_n().ok()?.parse().ok()?,
+                owner: i.get("owner_id").and_then(|o| o.as_s().ok()).cloned(),
+            })
+        }))
     }
 
     async fn recorded_hash(&self, command: &Command) -> Result<Option<String>, AwsError> {
@@ -298,7 +314,7 @@ impl BookStore for DynamoStore {
                 payload_hash: self.recorded_hash(command).await?,
             }),
             [_, "ConditionalCheckFailed"] => Ok(Apply::Refused {
-                current_version: self.current_version(&command.book_id).await?,
+                current: self.current(&command.book_id).await?,
             }),
             // TransactionConflict (another writer on the same item), throttling: try again.
             _ => Err(AwsError {
@@ -350,7 +366,8 @@ fn tags(tags: &[String]) -> AttributeValue {
     AttributeValue::L(tags.iter().map(|t| s(t)).collect())
 }
 
-/// `#name` → `name`, with `#updated` → `updated_at` and `#rid` → `last_request_id`.
+/// `#name` → `name`, with `#updated` → `updated_at`, `#rid` → `last_request_id` and `#owner` →
+/// `owner_id`.
 fn names(short: &[&str]) -> HashMap<String, String> {
     short
         .iter()
@@ -358,6 +375,7 @@ fn names(short: &[&str]) -> HashMap<String, String> {
             let attribute = match *name {
                 "updated" => "updated_at",
                 "rid" => "last_request_id",
+                "owner" => "owner_id",
                 other => other,
             };
             (format!("#{name}"), attribute.to_owned())

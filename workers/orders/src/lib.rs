@@ -1,7 +1,10 @@
 //! # orders-worker
 //!
 //! Consumes the orders queue (fed by `POST /orders`: a JSON array of 1..100 records) and stores
-//! each record for 24 hours with ONE conditional PutItem keyed by `record_id`:
+//! each record for 24 hours with ONE conditional PutItem keyed by the caller's owner id and the
+//! `record_id` (`owner_record_id = "<owner id>#<record_id>"`, like payments: a record id is
+//! unique per owner; another owner's same id is their own order, which `GET /orders/{record_id}`
+//! of mine never finds; see docs/security.md):
 //! - `expires_at` = the gateway's receive time + 24 h (the table's TTL attribute);
 //! - numbers keep their exact decimal value (`2.1` stays `2.1`, `1e-7` is `0.0000001`): the JSON
 //!   number's text becomes a DynamoDB number, never a float;
@@ -24,10 +27,22 @@ use fleet::{classify, Handler, Message, Metrics, Outcome};
 
 use crate::order::{parse_batch, Order};
 
+/// The gateway attributes naming the caller (docs/security.md), defined by the engine.
+pub use fleet::message::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
+
 /// How long an order is kept.
 pub const ORDER_TTL_SECS: u64 = 24 * 3600;
 /// Message attribute: when the gateway received the batch, ms since the epoch.
 pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+/// The owner of orders whose message names no caller (sent straight to the queue, not through
+/// the gateway): an id no API caller has, so no caller reads them.
+pub const NO_OWNER: &str = "-";
+
+/// Whose orders a message carries: the gateway's `ownerId`; else `apiKeyId` (queued before the
+/// gateway sent owners, when the API key id was the identity); else [`NO_OWNER`].
+pub fn owner_of(message: &Message) -> &str {
+    message.owner().unwrap_or(NO_OWNER)
+}
 
 /// Command line and environment of the `orders-worker` binary.
 #[derive(Debug, Parser)]
@@ -37,7 +52,7 @@ pub const ATTR_RECEIVED_AT: &str = "receivedAt";
     about = "Stores auction orders for 24 hours"
 )]
 pub struct Config {
-    /// The orders table (partition key `record_id`, TTL on `expires_at`).
+    /// The orders table (partition key `owner_record_id`, TTL on `expires_at`).
     #[arg(long, env = "ORDERS_TABLE", value_name = "TABLE")]
     pub table: String,
 
@@ -74,6 +89,7 @@ impl OrdersHandler {
 
     async fn store(
         &self,
+        owner: &str,
         order: &Order,
         received_at: u64,
         message_id: &str,
@@ -84,6 +100,11 @@ impl OrdersHandler {
             .dynamodb
             .put_item()
             .table_name(&self.table)
+            .item(
+                "owner_record_id",
+                AttributeValue::S(format!("{owner}#{}", order.record_id)),
+            )
+            .item("owner_id", AttributeValue::S(owner.to_owned()))
             .item("record_id", AttributeValue::S(order.record_id.clone()))
             .item("parameter_1", AttributeValue::S(order.parameter_1.clone()))
             .item("parameter_2", AttributeValue::N(order.parameter_2.clone()))
@@ -94,7 +115,7 @@ impl OrdersHandler {
                 AttributeValue::N((received_at / 1000 + ORDER_TTL_SECS).to_string()),
             )
             .item("message_id", AttributeValue::S(message_id.to_owned()))
-            .condition_expression("attribute_not_exists(record_id)")
+            .condition_expression("attribute_not_exists(owner_record_id)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -125,6 +146,13 @@ impl Handler for OrdersHandler {
             Ok(orders) => orders,
             Err(why) => return Outcome::permanent("invalid-orders", why),
         };
+        let owner = owner_of(message);
+        if owner.contains('#') {
+            return Outcome::permanent(
+                "invalid-orders",
+                format!("owner id {owner:?} contains '#', the key's separator"),
+            );
+        }
         let received_at = message
             .attribute(ATTR_RECEIVED_AT)
             .and_then(|v| v.parse().ok())
@@ -132,7 +160,10 @@ impl Handler for OrdersHandler {
             .unwrap_or(0);
         let (mut new, mut conflicts) = (0, Vec::new());
         for order in &orders {
-            match self.store(order, received_at, &message.message_id).await {
+            match self
+                .store(owner, order, received_at, &message.message_id)
+                .await
+            {
                 Ok(Stored::New) => new += 1,
                 Ok(Stored::Again) => {}
                 Ok(Stored::Conflict) => conflicts.push(order.record_id.as_str()),
@@ -145,7 +176,7 @@ impl Handler for OrdersHandler {
             return Outcome::permanent(
                 "conflict",
                 format!(
-                    "records stored earlier with other content (left untouched): {}",
+                    "records of owner {owner} stored earlier with other content (left untouched): {}",
                     conflicts.join(", ")
                 ),
             );
@@ -155,5 +186,38 @@ impl Handler for OrdersHandler {
         } else {
             Outcome::Done
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+
+    use super::*;
+
+    fn message(attrs: &[(&str, &str)]) -> Message {
+        let attributes = attrs
+            .iter()
+            .map(|(k, v)| {
+                let value = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(*v)
+                    .build()
+                    .unwrap();
+                ((*k).to_owned(), value)
+            })
+            .collect();
+        Message {
+            attributes,
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn the_owner_is_the_gateway_s_then_the_api_key_s_then_none() {
+        let both = message(&[(ATTR_OWNER_ID, "sub-1"), (ATTR_API_KEY_ID, "key-1")]);
+        assert_eq!(owner_of(&both), "sub-1");
+        assert_eq!(owner_of(&message(&[(ATTR_API_KEY_ID, "key-1")])), "key-1");
+        assert_eq!(owner_of(&message(&[])), NO_OWNER);
     }
 }

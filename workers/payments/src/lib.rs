@@ -9,6 +9,27 @@
 //!   message goes to the DLQ with the reason ([`Outcome::Permanent`]);
 //! - a message that is not a valid payment goes to the DLQ at once;
 //! - DynamoDB throttling, timeouts and 5xx are retried with backoff.
+//!
+//! ## The key: a payment id is unique per owner
+//!
+//! A payment belongs to the caller that sent it: its owner id, the `ownerId` attribute the
+//! gateway sets from its one definition (the JWT's `sub` with Cognito, else the API key id;
+//! docs/security.md). The table's partition key is `ownerPaymentId = "<owner id>#<paymentId>"`,
+//! with no sort key, because:
+//! - `GET /payments/{paymentId}` is a `GetItem` on the full key, built by the gateway from the
+//!   caller's owner id: exact (never "the first row a Query finds"), and another owner's payment
+//!   is not found, exactly like an unknown id (404, no hint that it exists);
+//! - another owner's `PUT` of the same id writes another key: their own payment, which never
+//!   touches, conflicts with or shows mine;
+//! - the same owner's id with another payload, another `userId` included, hits the same key:
+//!   the conditional put fails and the hashes differ, a conflict for the DLQ, never a second
+//!   row. (The former key `(paymentId, userId)` let the same id exist once per user, and a
+//!   read by id returned whichever row a Query found first.)
+//! - one attribute spreads payments over partitions like the payment ids themselves do; a
+//!   partition key of the owner alone would put a whole client on one partition.
+//!
+//! Owner ids never contain `#` (API key ids are alphanumeric, Cognito subs UUIDs; the worker
+//! refuses one that does), so no two (owner, id) pairs share a key.
 
 pub mod payment;
 pub mod store;
@@ -18,7 +39,7 @@ use fleet::worker::WorkerArgs;
 use fleet::{Handler, Message, Outcome};
 
 use crate::payment::{
-    Payment, ATTR_API_KEY_ID, ATTR_PAYMENT_ID, ATTR_RECEIVED_AT, ATTR_REQUEST_ID,
+    Payment, ATTR_API_KEY_ID, ATTR_PAYMENT_ID, ATTR_RECEIVED_AT, ATTR_REQUEST_ID, NO_OWNER,
 };
 use crate::store::{Insert, PaymentStore, Provenance};
 
@@ -30,13 +51,20 @@ use crate::store::{Insert, PaymentStore, Provenance};
     about = "Stores payments from the payments queue in DynamoDB"
 )]
 pub struct Config {
-    /// Name of the payments table (partition key `paymentId`, sort key `userId`).
+    /// Name of the payments table (partition key `ownerPaymentId` = `<owner id>#<paymentId>`).
     #[arg(long, env = "PAYMENTS_TABLE", value_name = "PAYMENTS_TABLE")]
     pub table: String,
 
     /// What every worker has: the engine, logs, threads.
     #[command(flatten)]
     pub worker: WorkerArgs,
+}
+
+/// Whose payment a message is: the gateway's `ownerId` attribute; else `apiKeyId` (a message the
+/// gateway queued before it sent owners, when the API key id was the only identity); else
+/// [`NO_OWNER`] (a message sent straight to the queue, not through the gateway).
+pub fn owner_of(message: &Message) -> &str {
+    message.owner().unwrap_or(NO_OWNER)
 }
 
 /// The payments handler, over any [`PaymentStore`].
@@ -60,7 +88,7 @@ impl<S: PaymentStore> Handler for PaymentsHandler<S> {
                 format!("message attribute {ATTR_PAYMENT_ID} is missing"),
             );
         };
-        let payment = match Payment::parse(payment_id, &message.body) {
+        let payment = match Payment::parse_owned(owner_of(message), payment_id, &message.body) {
             Ok(payment) => payment,
             Err(err) => return Outcome::permanent(err.kind(), err.to_string()),
         };
@@ -82,8 +110,9 @@ impl<S: PaymentStore> Handler for PaymentsHandler<S> {
             Ok(Insert::Exists { payload_hash }) => Outcome::permanent(
                 "conflict",
                 format!(
-                    "payment {} for user {} is already stored with another payload (stored hash {}, this one {hash})",
+                    "payment {} of owner {} is already stored with another payload (this one for user {}; stored hash {}, this one {hash})",
                     payment.payment_id,
+                    payment.owner,
                     payment.user_id,
                     payload_hash.as_deref().unwrap_or("none"),
                 ),
@@ -95,6 +124,7 @@ impl<S: PaymentStore> Handler for PaymentsHandler<S> {
 
 #[cfg(test)]
 mod tests {
+    use crate::payment::ATTR_OWNER_ID;
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -106,7 +136,7 @@ mod tests {
     /// An in-memory store with an optional injected failure.
     #[derive(Default)]
     struct FakeStore {
-        rows: Mutex<HashMap<(String, String), String>>,
+        rows: Mutex<HashMap<String, String>>,
         writes: Mutex<u32>,
         fail: Mutex<Option<AwsError>>,
     }
@@ -122,7 +152,7 @@ mod tests {
                 return Err(err);
             }
             let mut rows = self.rows.lock().unwrap();
-            let key = (p.payment_id.clone(), p.user_id.clone());
+            let key = p.key();
             if let Some(existing) = rows.get(&key) {
                 return Ok(Insert::Exists {
                     payload_hash: Some(existing.clone()),
@@ -135,14 +165,23 @@ mod tests {
     }
 
     fn message(payment_id: Option<&str>, body: &str) -> Message {
-        let mut attributes = HashMap::new();
-        if let Some(id) = payment_id {
-            let v = MessageAttributeValue::builder()
+        owned_message(&[], payment_id, body)
+    }
+
+    fn owned_message(owner: &[(&str, &str)], payment_id: Option<&str>, body: &str) -> Message {
+        let string = |v: &str| {
+            MessageAttributeValue::builder()
                 .data_type("String")
-                .string_value(id)
+                .string_value(v)
                 .build()
-                .unwrap();
-            attributes.insert(ATTR_PAYMENT_ID.to_owned(), v);
+                .unwrap()
+        };
+        let mut attributes: HashMap<String, MessageAttributeValue> = owner
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string(v)))
+            .collect();
+        if let Some(id) = payment_id {
+            attributes.insert(ATTR_PAYMENT_ID.to_owned(), string(id));
         }
         Message {
             message_id: "m-1".into(),
@@ -174,6 +213,54 @@ mod tests {
             other => panic!("expected a conflict, got {other:?}"),
         }
         assert_eq!(*handler.store.writes.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_payment_id_is_unique_per_owner() {
+        let handler = PaymentsHandler::new(FakeStore::default());
+        let mine = [(ATTR_OWNER_ID, "owner-a"), (ATTR_API_KEY_ID, "key-1")];
+        let theirs = [(ATTR_OWNER_ID, "owner-b"), (ATTR_API_KEY_ID, "key-1")];
+        assert_eq!(
+            handler
+                .handle(&owned_message(&mine, Some("p-1"), BODY))
+                .await,
+            Outcome::Done
+        );
+        // Another owner (behind the same API key): their own payment, no conflict.
+        let other_user = BODY.replace("u-1", "u-2");
+        assert_eq!(
+            handler
+                .handle(&owned_message(&theirs, Some("p-1"), &other_user))
+                .await,
+            Outcome::Done
+        );
+        // The same owner, another user: a conflict, not a second row.
+        match handler
+            .handle(&owned_message(&mine, Some("p-1"), &other_user))
+            .await
+        {
+            Outcome::Permanent(reason) => assert_eq!(reason.kind, "conflict"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let rows = handler.store.rows.lock().unwrap();
+        let mut keys: Vec<&String> = rows.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["owner-a#p-1", "owner-b#p-1"]);
+    }
+
+    #[test]
+    fn the_owner_is_the_gateway_s_then_the_api_key_s_then_none() {
+        let owner = |attrs: &[(&str, &str)]| owner_of(&owned_message(attrs, None, "")).to_owned();
+        assert_eq!(
+            owner(&[(ATTR_OWNER_ID, "sub-1"), (ATTR_API_KEY_ID, "key-1")]),
+            "sub-1"
+        );
+        assert_eq!(owner(&[(ATTR_API_KEY_ID, "key-1")]), "key-1");
+        assert_eq!(
+            owner(&[(ATTR_OWNER_ID, ""), (ATTR_API_KEY_ID, "key-1")]),
+            "key-1"
+        );
+        assert_eq!(owner(&[]), NO_OWNER);
     }
 
     #[tokio::test]

@@ -1,17 +1,23 @@
 //! The payment message: what the gateway enqueues, how it is checked, and its payload hash.
 //!
-//! The body is the client's JSON exactly as sent to `PUT /payments/{paymentId}`; the path id
-//! and request metadata arrive as message attributes set by the API Gateway mapping template.
+//! The body is the client's JSON exactly as sent to `PUT /payments/{paymentId}`; the path id,
+//! the caller's owner id and request metadata arrive as message attributes set by the API
+//! Gateway mapping template.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+/// The gateway attributes naming the caller (docs/security.md), defined by the engine.
+pub use fleet::message::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
 
 /// Message attribute carrying the payment id from the request path.
 pub const ATTR_PAYMENT_ID: &str = "paymentId";
 /// Message attribute carrying API Gateway's request id.
 pub const ATTR_REQUEST_ID: &str = "requestId";
-/// Message attribute carrying the caller's API key id.
-pub const ATTR_API_KEY_ID: &str = "apiKeyId";
+/// The owner of a payment whose message names no caller (sent straight to the queue, not
+/// through the gateway: tests, the benchmark, an operator). No API caller has this id (API
+/// key ids are alphanumeric, Cognito subs are UUIDs), so no caller can read such a payment.
+pub const NO_OWNER: &str = "-";
 /// Message attribute carrying the gateway's receive time, ms since the epoch.
 pub const ATTR_RECEIVED_AT: &str = "receivedAt";
 
@@ -37,7 +43,9 @@ struct Body<'a> {
 /// A checked payment, ready to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
-    /// From the request path: the idempotency key.
+    /// Whose it is: the caller's owner id. With the payment id, the row's key.
+    pub owner: String,
+    /// From the request path: the idempotency key, unique per owner.
     pub payment_id: String,
     /// Who pays.
     pub user_id: String,
@@ -84,13 +92,24 @@ fn is_id(text: &str) -> bool {
 }
 
 impl Payment {
-    /// Parses and checks a body for `payment_id` (the rules of the gateway's schema, checked
-    /// again here because anything may be sent straight to the queue).
+    /// [`Self::parse_owned`] for a payment of no caller ([`NO_OWNER`]).
     ///
     /// # Errors
     /// [`InvalidPayment`] naming the first rule broken.
     pub fn parse(payment_id: &str, body: &str) -> Result<Self, InvalidPayment> {
+        Self::parse_owned(NO_OWNER, payment_id, body)
+    }
+
+    /// Parses and checks a body for `payment_id` of `owner` (the rules of the gateway's schema,
+    /// checked again here because anything may be sent straight to the queue).
+    ///
+    /// # Errors
+    /// [`InvalidPayment`] naming the first rule broken.
+    pub fn parse_owned(owner: &str, payment_id: &str, body: &str) -> Result<Self, InvalidPayment> {
         let field = |field, rule| InvalidPayment::Field { field, rule };
+        if owner.is_empty() || owner.contains('#') {
+            return Err(field("ownerId", "a non-empty id without '#'"));
+        }
         if !is_id(payment_id) {
             return Err(field("paymentId", "1-64 characters of A-Z a-z 0-9 - _"));
         }
@@ -118,6 +137,7 @@ impl Payment {
             return Err(field("reference", "at most 256 characters"));
         }
         Ok(Self {
+            owner: owner.to_owned(),
             payment_id: payment_id.to_owned(),
             user_id: body.user_id,
             amount,
@@ -126,8 +146,14 @@ impl Payment {
         })
     }
 
+    /// The row's partition key: `<owner>#<payment id>` (neither part contains `#`).
+    pub fn key(&self) -> String {
+        format!("{}#{}", self.owner, self.payment_id)
+    }
+
     /// SHA-256 of the canonical payload (hex): equal for the same payment however its JSON
-    /// was spaced, ordered or its amount written (`10.50` and `10.5`).
+    /// was spaced, ordered or its amount written (`10.50` and `10.5`). The owner is not in
+    /// it: it is in the key, so two payloads are only ever compared for the same owner.
     pub fn payload_hash(&self) -> String {
         // serde_json's map is ordered by key, so this serialisation is canonical.
         let canonical = serde_json::json!({
@@ -271,6 +297,20 @@ mod tests {
             "x".repeat(257)
         );
         assert!(Payment::parse("p", &long).is_err());
+    }
+
+    #[test]
+    fn the_key_is_scoped_to_the_owner() {
+        let mine = Payment::parse_owned("key-a", "p-1", BODY).unwrap();
+        let theirs = Payment::parse_owned("key-b", "p-1", BODY).unwrap();
+        assert_eq!(mine.key(), "key-a#p-1");
+        assert_ne!(mine.key(), theirs.key());
+        assert_eq!(mine.payload_hash(), theirs.payload_hash(), "same payload");
+        assert_eq!(Payment::parse("p-1", BODY).unwrap().key(), "-#p-1");
+        for bad in ["", "a#b"] {
+            let err = Payment::parse_owned(bad, "p-1", BODY).unwrap_err();
+            assert_eq!(err.kind(), "invalid-payment", "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::payment::Payment;
 
 /// Attribute holding the payload hash on a stored payment.
 pub const PAYLOAD_HASH: &str = "payloadHash";
+/// The table's partition key: `<owner id>#<payment id>` ([`Payment::key`]).
+pub const KEY: &str = "ownerPaymentId";
 
 /// What a payment row records besides the payment itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,7 +41,7 @@ pub enum Insert {
     },
 }
 
-/// Stores a payment unless its key is taken.
+/// Stores a payment unless its key (owner and payment id) is taken.
 pub trait PaymentStore: Send + Sync + 'static {
     /// One conditional write: creates the row, or reports the existing one untouched.
     fn insert(
@@ -50,7 +52,7 @@ pub trait PaymentStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Insert, AwsError>> + Send;
 }
 
-/// The payments table (partition key `paymentId`, sort key `userId`).
+/// The payments table (partition key [`KEY`] = `<owner id>#<payment id>`, no sort key).
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
@@ -82,6 +84,8 @@ impl PaymentStore for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table)
+            .item(KEY, s(&payment.key()))
+            .item("ownerId", s(&payment.owner))
             .item("paymentId", s(&payment.payment_id))
             .item("userId", s(&payment.user_id))
             .item("amount", AttributeValue::N(payment.amount.clone()))
@@ -89,7 +93,7 @@ impl PaymentStore for DynamoStore {
             .item(PAYLOAD_HASH, s(payload_hash))
             .item("messageId", s(&provenance.message_id))
             .item("storedAt", n(now_ms()))
-            .condition_expression("attribute_not_exists(paymentId)")
+            .condition_expression("attribute_not_exists(ownerPaymentId)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Some(reference) = &payment.reference {
             request = request.item("reference", s(reference));

@@ -2,7 +2,8 @@
 //! public (`status` and `listing` = `APPROVED`, the key of the public index); a rejection
 //! deletes it. Either way the decision is recorded in `post-decisions`, in the same
 //! transaction, once: a repeated response is a duplicate, and a response for an unknown post
-//! (or one no longer pending) is noted and finished, never retried.
+//! (or one no longer pending) is noted and finished, never retried. The decision record keeps
+//! the post's `owner_id` (its author's), which outlives a rejected, deleted post.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -77,6 +78,29 @@ impl Handler for ApprovalsHandler {
             Ok(_) => {}
             Err(err) => return classify(&err).into_outcome(),
         }
+        // The post, for its owner (and, when it is unknown or decided, instead of a
+        // transaction bound to fail; the transaction's conditions remain the guarantee).
+        let post = match self
+            .dynamodb
+            .get_item()
+            .table_name(&self.posts_table)
+            .key("post_id", s(&response.post_id))
+            .consistent_read(true)
+            .send()
+            .await
+        {
+            Ok(out) => out.item,
+            Err(err) => return classify(&err).into_outcome(),
+        };
+        let pending = post
+            .as_ref()
+            .and_then(|p| p.get("status"))
+            .and_then(|v| v.as_s().ok())
+            .is_some_and(|v| v == PENDING);
+        if !pending {
+            return self.ignore(&response);
+        }
+        let owner = post.as_ref().and_then(|p| p.get("owner_id")).cloned();
         let now = now_ms();
         let key = ("post_id".to_owned(), s(&response.post_id));
         let change = if approve {
@@ -113,6 +137,9 @@ impl Handler for ApprovalsHandler {
         if let Some(reason) = &response.reason {
             decision.insert("reason".into(), s(reason));
         }
+        if let Some(owner) = owner {
+            decision.insert("owner_id".into(), owner);
+        }
         let record = Put::builder()
             .table_name(&self.decisions_table)
             .set_item(Some(decision))
@@ -137,10 +164,17 @@ impl Handler for ApprovalsHandler {
             return Outcome::Duplicate;
         }
         if failed_condition(&codes, 0) {
-            Metrics::incr(&self.ignored);
-            warn!(post_id = %response.post_id, decision = %response.decision, "a decision for an unknown or no longer pending post: ignored");
-            return Outcome::Done;
+            return self.ignore(&response);
         }
         Outcome::retry("transaction-cancelled", codes.join(", "))
+    }
+}
+
+impl ApprovalsHandler {
+    /// A decision for an unknown or no longer pending post: counted and finished.
+    fn ignore(&self, response: &ApprovalResponse) -> Outcome {
+        Metrics::incr(&self.ignored);
+        warn!(post_id = %response.post_id, decision = %response.decision, "a decision for an unknown or no longer pending post: ignored");
+        Outcome::Done
     }
 }

@@ -1,5 +1,6 @@
-//! `posts-worker`: stores each new post as `PENDING` (expiring 30 days after it was received)
-//! and asks the approval service for a decision, once per post.
+//! `posts-worker`: stores each new post as `PENDING` (expiring 30 days after it was received),
+//! with its author's owner id (`owner_id`), and asks the approval service for a decision, once
+//! per post.
 //!
 //! "Once" holds through redeliveries and crashes: the post is written only if absent and never
 //! decided (one transaction with a condition on `post-decisions`, so a rejected and deleted
@@ -17,8 +18,8 @@ use fleet::{classify, Handler, Message, Metrics, Outcome};
 use tracing::info;
 
 use crate::model::{
-    n, number, s, ApprovalRequest, Item, PostRequest, ATTR_POST_ID, ATTR_RECEIVED_AT, PENDING,
-    POST_LIFETIME_SECS,
+    n, number, owner_of, s, ApprovalRequest, Item, PostRequest, ATTR_POST_ID, ATTR_RECEIVED_AT,
+    PENDING, POST_LIFETIME_SECS,
 };
 
 /// Where the intake writes and sends.
@@ -57,6 +58,7 @@ impl PostsHandler {
     async fn store(
         &self,
         post_id: &str,
+        owner: &str,
         post: &PostRequest,
         created_at: u64,
     ) -> Result<bool, Outcome> {
@@ -70,6 +72,7 @@ impl PostsHandler {
             ("title", s(&post.title)),
             ("body", s(&post.body)),
             ("author", s(&post.author)),
+            ("owner_id", s(owner)),
             ("status", s(PENDING)),
             ("created_at", n(created_at)),
             ("expires_at", n(created_at / 1000 + POST_LIFETIME_SECS)),
@@ -150,7 +153,10 @@ impl Handler for PostsHandler {
             .and_then(|v| v.parse().ok())
             .or(message.sent_at_ms)
             .unwrap_or_else(now_ms);
-        match self.store(post_id, &post, created_at).await {
+        match self
+            .store(post_id, owner_of(message), &post, created_at)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return Outcome::Duplicate,
             Err(outcome) => return outcome,

@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 
+/// The gateway attributes naming the caller (docs/security.md), defined by the engine.
+pub use fleet::message::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
+
 /// How long a post lives before it is archived.
 pub const POST_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 /// `status` of a post waiting for its decision (not public).
@@ -18,6 +21,15 @@ pub const REJECTED: &str = "REJECTED";
 pub const ATTR_POST_ID: &str = "postId";
 /// Message attribute set by the gateway: when it received the post, ms since the epoch.
 pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+/// The owner of a post whose message names no caller (sent straight to the queue, not through
+/// the gateway): an id no API caller has.
+pub const NO_OWNER: &str = "-";
+
+/// Whose post a message carries: the gateway's `ownerId`; else `apiKeyId` (queued before the
+/// gateway sent owners, when the API key id was the identity); else [`NO_OWNER`].
+pub fn owner_of(message: &fleet::Message) -> &str {
+    message.owner().unwrap_or(NO_OWNER)
+}
 
 /// The body of `POST /posts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +109,28 @@ mod tests {
         let response: ApprovalResponse =
             serde_json::from_str(r#"{"post_id":"p-1","decision":"APPROVED"}"#).unwrap();
         assert_eq!(response.reason, None);
+    }
+
+    #[test]
+    fn the_owner_is_the_gateway_s_then_the_api_key_s_then_none() {
+        let message = |attrs: &[(&str, &str)]| fleet::Message {
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| {
+                    let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                        .data_type("String")
+                        .string_value(*v)
+                        .build()
+                        .unwrap();
+                    ((*k).to_owned(), value)
+                })
+                .collect(),
+            ..fleet::Message::default()
+        };
+        let both = message(&[(ATTR_OWNER_ID, "sub-1"), (ATTR_API_KEY_ID, "key-1")]);
+        assert_eq!(owner_of(&both), "sub-1");
+        assert_eq!(owner_of(&message(&[(ATTR_API_KEY_ID, "key-1")])), "key-1");
+        assert_eq!(owner_of(&message(&[])), NO_OWNER);
     }
 
     #[test]
