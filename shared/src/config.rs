@@ -27,7 +27,7 @@ pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// How long the breaker first stays open before it probes.
 pub const BREAKER_FIRST_OPEN: Duration = Duration::from_secs(1);
 /// Default longest pause between two probes: a recovery is noticed within this.
-pub const DEFAULT_BREAKER_MAX_OPEN_SECS: u64 = 20;
+pub const DEFAULT_BREAKER_MAX_OPEN_SECS: u64 = 10;
 /// A probe that has not settled within this counts as failed (the engine then probes with
 /// another message): longer than any handler should take.
 pub const BREAKER_PROBE_DEADLINE: Duration = Duration::from_secs(60);
