@@ -5,7 +5,10 @@
 //! `record_id` (`owner_record_id = "<owner id>#<record_id>"`, like payments: a record id is
 //! unique per owner; another owner's same id is their own order, which `GET /orders/{record_id}`
 //! of mine never finds; see docs/security.md):
-//! - `expires_at` = the gateway's receive time + 24 h (the table's TTL attribute);
+//! - `expires_at` = the gateway's receive time + 24 h (the table's TTL attribute); an order is
+//!   expired once the time (s) reaches `expires_at`: `GET` answers 404 from then on, and a batch
+//!   received from then on may store the same `record_id` again (the put's condition allows
+//!   overwriting an expired item; a redelivery of the first batch, received before, does not);
 //! - numbers keep their exact decimal value (`2.1` stays `2.1`, `1e-7` is `0.0000001`): the JSON
 //!   number's text becomes a DynamoDB number, never a float;
 //! - a redelivered record writes nothing (its payload hash matches); the same `record_id` with
@@ -115,7 +118,13 @@ impl OrdersHandler {
                 AttributeValue::N((received_at / 1000 + ORDER_TTL_SECS).to_string()),
             )
             .item("message_id", AttributeValue::S(message_id.to_owned()))
-            .condition_expression("attribute_not_exists(owner_record_id)")
+            // Absent, or expired when this batch was received (TTL deletes within days, and
+            // never on LocalStack): an expired order frees its `record_id`, as GET shows it.
+            .condition_expression("attribute_not_exists(owner_record_id) OR expires_at <= :now")
+            .expression_attribute_values(
+                ":now",
+                AttributeValue::N((received_at / 1000).to_string()),
+            )
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
