@@ -99,7 +99,14 @@ pub(crate) struct Breaker {
     state: Mutex<State>,
     changed: Notify,
     metrics: Arc<Metrics>,
+    /// When it last closed after an outage: messages that spent receives in that outage are
+    /// still ridden out for [`AFTERMATH`] after it.
+    closed_at: Mutex<Option<Instant>>,
 }
+
+/// After an outage, how long a dependency failure on a message's last receive still counts as
+/// the outage's (its earlier receives were spent in it): about the longest retry delay.
+pub(crate) const AFTERMATH: Duration = Duration::from_secs(15 * 60);
 
 impl Breaker {
     pub(crate) fn new(policy: BreakerPolicy, metrics: Arc<Metrics>) -> Self {
@@ -108,12 +115,23 @@ impl Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             changed: Notify::new(),
             metrics,
+            closed_at: Mutex::new(None),
         }
     }
 
     /// Whether a dependency outage is going on (the breaker is not closed).
     pub(crate) fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
+    }
+
+    /// Whether an outage is going on, or ended less than [`AFTERMATH`] ago.
+    pub(crate) fn outage_recent(&self, now: Instant) -> bool {
+        self.is_open()
+            || self
+                .closed_at
+                .lock()
+                .expect("breaker lock")
+                .is_some_and(|closed| now.saturating_duration_since(closed) < AFTERMATH)
     }
 
     /// The policy it runs on.
@@ -203,6 +221,7 @@ impl Breaker {
                 if !matches!(*state, State::Closed { .. }) {
                     info!("breaker closed: the dependency answers again, full rate");
                     self.metrics.breaker_open.store(0, Ordering::Relaxed);
+                    *self.closed_at.lock().expect("breaker lock") = Some(now);
                     self.changed.notify_waiters();
                 }
                 *state = State::Closed { failures: 0 };
@@ -378,5 +397,18 @@ mod tests {
             "open again, for twice as long"
         );
         assert_eq!(b.admit(deadline + Duration::from_secs(2)), Admit::Probe);
+    }
+
+    #[test]
+    fn an_outage_is_recent_while_open_and_for_the_aftermath_after() {
+        let b = breaker(1);
+        let t = Instant::now();
+        assert!(!b.outage_recent(t), "no outage yet");
+        b.record(Signal::Down, t);
+        assert!(b.outage_recent(t));
+        let closed = t + Duration::from_secs(5);
+        b.record(Signal::Healthy, closed);
+        assert!(b.outage_recent(closed + AFTERMATH - Duration::from_secs(1)));
+        assert!(!b.outage_recent(closed + AFTERMATH));
     }
 }

@@ -59,7 +59,10 @@ pub(super) async fn settle<H: Handler>(
             } else {
                 Signal::Neutral
             };
-            let outage = shared.breaker.record(signal, Instant::now()) && reason.dependency;
+            let now = Instant::now();
+            // An outage spent this message's earlier receives if it is going on or just ended.
+            let open = shared.breaker.record(signal, now);
+            let outage = reason.dependency && (open || shared.breaker.outage_recent(now));
             // FIFO: receives the message spent held back behind its group's head are not its own.
             let own = message
                 .receive_count
