@@ -503,13 +503,7 @@ mod tests {
 
     #[test]
     fn original_attributes_are_restored_and_reasons_dropped() {
-        let string = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .unwrap()
-        };
+        use fleet::dlq::string;
         let message = Message::builder()
             .message_id("dlq-copy-9")
             .message_attributes("paymentId", string("p-1"))
@@ -529,13 +523,7 @@ mod tests {
 
     #[test]
     fn a_copy_without_room_for_its_id_goes_back_as_it_is() {
-        let string = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .unwrap()
-        };
+        use fleet::dlq::string;
         let mut builder = Message::builder().message_id("dlq-copy");
         for i in 0..10 {
             builder = builder.message_attributes(format!("a{i}"), string("v"));

@@ -725,6 +725,27 @@ pub async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(Vec<u8>, 
     Some((request, head_end))
 }
 
+/// Sends one HTTP request (as [`read_request`] read it) to `target` with `Connection: close`,
+/// so that the answer ends with the connection, and returns the answer as it came; `None` when
+/// `target` cannot be reached.
+pub async fn forward_closing(target: &str, request: &[u8], head_end: usize) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = String::from_utf8_lossy(&request[..head_end]).into_owned();
+    let mut forwarded: Vec<u8> = text
+        .split("\r\n")
+        .filter(|l| !l.to_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        .into_bytes();
+    forwarded.extend_from_slice(b"connection: close\r\n\r\n");
+    forwarded.extend_from_slice(&request[head_end..]);
+    let mut server = tokio::net::TcpStream::connect(target).await.ok()?;
+    server.write_all(&forwarded).await.ok()?;
+    let mut response = Vec::new();
+    let _ = server.read_to_end(&mut response).await;
+    Some(response)
+}
+
 /// An HTTP proxy to LocalStack for AWS query-protocol calls (EC2) that breaks one call of an
 /// action where the test wants it, seen by the worker exactly as a real network or EC2 would
 /// show it:
@@ -786,7 +807,7 @@ impl FaultProxy {
     }
 
     async fn spawn(fault: Fault) -> Result<Self> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let target = endpoint()
@@ -841,23 +862,9 @@ impl FaultProxy {
                     };
                     // Forward with "Connection: close": the response then ends with the
                     // connection, and goes back as it came.
-                    let text = String::from_utf8_lossy(&request[..head_end]).into_owned();
-                    let mut forwarded: Vec<u8> = text
-                        .split("\r\n")
-                        .filter(|l| !l.to_lowercase().starts_with("connection:") && !l.is_empty())
-                        .map(|l| format!("{l}\r\n"))
-                        .collect::<String>()
-                        .into_bytes();
-                    forwarded.extend_from_slice(b"connection: close\r\n\r\n");
-                    forwarded.extend_from_slice(&request[head_end..]);
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    let Some(response) = forward_closing(&target, &request, head_end).await else {
                         return;
                     };
-                    if server.write_all(&forwarded).await.is_err() {
-                        return;
-                    }
-                    let mut response = Vec::new();
-                    let _ = server.read_to_end(&mut response).await;
                     if lose_answer {
                         // EC2 did it; the client hears nothing but the connection closing.
                         lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -600,18 +600,7 @@ async fn dead_letter_through_failing_writes(
     book_id: &str,
 ) -> Result<aws_sdk_sqs::types::Message> {
     let faults = FailingWrites::start(book_id).await?;
-    let env = stack.worker_env_with(
-        WORKER,
-        &[
-            ("AWS_ENDPOINT_URL_DYNAMODB", &faults.url()),
-            ("AWS_MAX_ATTEMPTS", "1"),
-            ("FLEET_RETRY_BASE_MS", "100"),
-            ("FLEET_RETRY_MAX_SECS", "1"),
-            ("FLEET_BREAKER_THRESHOLD", "0"),
-            // A long poll left open at exit would take the redriven copy to a dead process.
-            ("FLEET_WAIT_TIME_SECS", "1"),
-        ],
-    );
+    let env = faults.worker_env(stack);
     let worker = Worker::spawn(WORKER, &env)?;
     let dead = stack
         .wait_for_messages(&queue.dlq_url, "the command dead-lettered")
@@ -688,7 +677,7 @@ struct FailingWrites {
 impl FailingWrites {
     async fn start(marker: &str) -> Result<Self> {
         use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -721,23 +710,11 @@ impl FailingWrites {
                         let _ = client.write_all(answer.as_bytes()).await;
                         return;
                     }
-                    let text = String::from_utf8_lossy(&request[..head_end]).into_owned();
-                    let mut forwarded: Vec<u8> = text
-                        .split("\r\n")
-                        .filter(|l| !l.to_lowercase().starts_with("connection:") && !l.is_empty())
-                        .map(|l| format!("{l}\r\n"))
-                        .collect::<String>()
-                        .into_bytes();
-                    forwarded.extend_from_slice(b"connection: close\r\n\r\n");
-                    forwarded.extend_from_slice(&request[head_end..]);
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    let Some(answer) =
+                        integration_tests::forward_closing(&target, &request, head_end).await
+                    else {
                         return;
                     };
-                    if server.write_all(&forwarded).await.is_err() {
-                        return;
-                    }
-                    let mut answer = Vec::new();
-                    let _ = server.read_to_end(&mut answer).await;
                     let _ = client.write_all(&answer).await;
                     let _ = client.shutdown().await;
                 });
@@ -750,8 +727,24 @@ impl FailingWrites {
         })
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    /// books-worker's environment with its DynamoDB behind these faults, every failure
+    /// retried fast and counted against the message alone (no breaker), and short long polls
+    /// (one left open at exit would take a redriven copy to a dead process).
+    fn worker_env(&self, stack: &Stack) -> std::collections::HashMap<String, String> {
+        stack.worker_env_with(
+            WORKER,
+            &[
+                (
+                    "AWS_ENDPOINT_URL_DYNAMODB",
+                    &format!("http://127.0.0.1:{}", self.port),
+                ),
+                ("AWS_MAX_ATTEMPTS", "1"),
+                ("FLEET_RETRY_BASE_MS", "100"),
+                ("FLEET_RETRY_MAX_SECS", "1"),
+                ("FLEET_BREAKER_THRESHOLD", "0"),
+                ("FLEET_WAIT_TIME_SECS", "1"),
+            ],
+        )
     }
 }
 
@@ -778,17 +771,7 @@ async fn updates_behind_a_dead_lettered_create_wait_for_it_and_apply_in_order_af
 
     // The CREATE's write fails (DynamoDB answers 500 to it alone) until it is dead-lettered.
     let faults = FailingWrites::start(&created).await?;
-    let env = stack.worker_env_with(
-        WORKER,
-        &[
-            ("AWS_ENDPOINT_URL_DYNAMODB", &faults.url()),
-            ("AWS_MAX_ATTEMPTS", "1"),
-            ("FLEET_RETRY_BASE_MS", "100"),
-            ("FLEET_RETRY_MAX_SECS", "1"),
-            ("FLEET_BREAKER_THRESHOLD", "0"),
-            ("FLEET_WAIT_TIME_SECS", "1"),
-        ],
-    );
+    let env = faults.worker_env(&stack);
     let worker = Worker::spawn(WORKER, &env)?;
     eventually(
         Duration::from_secs(60),

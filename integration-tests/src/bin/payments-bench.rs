@@ -130,12 +130,7 @@ async fn main() -> Result<()> {
     let worker = Worker::spawn("payments-worker", &env)?;
     let n = args.n as u64;
     eventually(Duration::from_secs(600), "all payments handled", || async {
-        let t = worker.totals();
-        let handled = ["succeeded", "duplicates", "dead_lettered"]
-            .iter()
-            .map(|k| t.get(*k).copied().unwrap_or(0))
-            .sum::<u64>();
-        Ok((handled >= n).then_some(()))
+        Ok((handled(&worker) >= n).then_some(()))
     })
     .await?;
     let drain_secs = started.elapsed().as_secs_f64();
@@ -146,13 +141,8 @@ async fn main() -> Result<()> {
         (Some(p), Some(before)) => cpu_ms(p).ok().map(|after| after - before),
         _ => None,
     };
-    let (code, _, worker) = worker.terminate(Duration::from_secs(60)).await?;
-    if code != Some(0) {
-        bail!("worker exited with {code:?}: {}", worker.stderr_text());
-    }
-    let totals = worker.totals();
+    let (totals, rows) = finish(worker, &stack).await?;
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
-    let rows = stack.count_rows(stack.table("payments")).await?;
     let floor = if args.floor_calls > 0 {
         eprintln!("measuring the SDK floor ({} PutItems)", args.floor_calls);
         let (calls, in_flight) = (args.floor_calls, args.max_in_flight as usize);
@@ -200,6 +190,28 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Messages the worker is done with (stored, found stored, or dead-lettered).
+fn handled(worker: &Worker) -> u64 {
+    let totals = worker.totals();
+    ["succeeded", "duplicates", "dead_lettered"]
+        .iter()
+        .map(|k| totals.get(*k).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Stops the worker (it must exit 0) and returns its final counters and the rows stored.
+async fn finish(
+    worker: Worker,
+    stack: &Stack,
+) -> Result<(std::collections::HashMap<String, u64>, usize)> {
+    let (code, _, worker) = worker.terminate(Duration::from_secs(60)).await?;
+    if code != Some(0) {
+        bail!("worker exited with {code:?}: {}", worker.stderr_text());
+    }
+    let rows = stack.count_rows(stack.table("payments")).await?;
+    Ok((worker.totals(), rows))
+}
+
 /// Drains the payments through an outage of DynamoDB (see the module doc) with the worker's
 /// default retry and breaker settings, and prints the figures.
 async fn outage(args: &Args, stack: &Stack, queue: &integration_tests::Queue) -> Result<()> {
@@ -214,13 +226,6 @@ async fn outage(args: &Args, stack: &Stack, queue: &integration_tests::Queue) ->
     env.remove("FLEET_RETRY_BASE_MS");
     let worker = Worker::spawn("payments-worker", &env)?;
     let succeeded = |w: &Worker| w.totals().get("succeeded").copied().unwrap_or(0);
-    let handled = |w: &Worker| {
-        let t = w.totals();
-        ["succeeded", "duplicates", "dead_lettered"]
-            .iter()
-            .map(|k| t.get(*k).copied().unwrap_or(0))
-            .sum::<u64>()
-    };
     eprintln!(
         "draining {n} payments; DynamoDB is cut once {} are stored",
         n / 4
@@ -261,13 +266,8 @@ async fn outage(args: &Args, stack: &Stack, queue: &integration_tests::Queue) ->
         || async { Ok((handled(&worker) >= n).then_some(())) },
     )
     .await?;
-    let (code, _, worker) = worker.terminate(Duration::from_secs(60)).await?;
-    if code != Some(0) {
-        bail!("worker exited with {code:?}: {}", worker.stderr_text());
-    }
-    let totals = worker.totals();
+    let (totals, rows) = finish(worker, stack).await?;
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
-    let rows = stack.count_rows(stack.table("payments")).await?;
     let report = serde_json::json!({
         "n": args.n,
         "outage_secs": args.outage_secs,

@@ -280,21 +280,13 @@ fn payload_hash(kind: Kind, book_id: &str, if_match: Option<u64>, book: Option<&
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use aws_sdk_sqs::types::MessageAttributeValue;
 
     use super::*;
 
     pub(crate) fn message(attrs: &[(&str, &str)], body: &str) -> Message {
         let attributes = attrs
             .iter()
-            .map(|(k, v)| {
-                let value = MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(*v)
-                    .build()
-                    .unwrap();
-                ((*k).to_owned(), value)
-            })
+            .map(|(k, v)| ((*k).to_owned(), fleet::dlq::string(v)))
             .collect();
         Message {
             message_id: "m-1".into(),

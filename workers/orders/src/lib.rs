@@ -200,21 +200,13 @@ impl Handler for OrdersHandler {
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_sqs::types::MessageAttributeValue;
 
     use super::*;
 
     fn message(attrs: &[(&str, &str)]) -> Message {
         let attributes = attrs
             .iter()
-            .map(|(k, v)| {
-                let value = MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(*v)
-                    .build()
-                    .unwrap();
-                ((*k).to_owned(), value)
-            })
+            .map(|(k, v)| ((*k).to_owned(), fleet::dlq::string(v)))
             .collect();
         Message {
             attributes,

@@ -169,13 +169,7 @@ mod tests {
     }
 
     fn owned_message(owner: &[(&str, &str)], payment_id: Option<&str>, body: &str) -> Message {
-        let string = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .unwrap()
-        };
+        use fleet::dlq::string;
         let mut attributes: HashMap<String, MessageAttributeValue> = owner
             .iter()
             .map(|(k, v)| ((*k).to_owned(), string(v)))
