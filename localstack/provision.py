@@ -47,17 +47,18 @@ def render(template: str, values: dict[str, str]) -> str:
     return TEMPLATE.sub(sub, template)
 
 
-def owner_values(document: Path) -> dict[str, str]:
+def fragment_values(document: Path) -> dict[str, str]:
     """The placeholders every rendering of the document gets besides the deployment's names:
-    ${set_owner}, the one definition of the caller's owner id (owner.json beside the document;
-    Terraform's modules/api-document reads the same file)."""
-    owner = json.loads((document.parent / "owner.json").read_text())
-    return {"set_owner": owner["set_owner"].strip()}
+    the template fragments of fragments.json beside the document (${set_owner}, the one
+    definition of the caller's owner id, and the write routes' body-size guard; Terraform's
+    modules/api-document reads the same file)."""
+    fragments = json.loads((document.parent / "fragments.json").read_text())
+    return {k: v.strip() for k, v in fragments.items() if k != "//"}
 
 
 def render_document(document: Path, names: dict[str, str]) -> str:
     """The API document as Terraform's modules/api-document renders it for the same names."""
-    return render(document.read_text(), {**names, **owner_values(document)})
+    return render(document.read_text(), {**names, **fragment_values(document)})
 
 
 class Provisioner:

@@ -358,3 +358,73 @@ async fn a_cycle_delivered_twice_at_once_is_fanned_out_once() -> Result<()> {
     );
     integration_tests::terminate_all(workers).await
 }
+
+/// How long a cycle record is kept after it was last written: 30 days.
+const CYCLE_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Issue 15: a cycle record expires (DynamoDB TTL on `expires_at`, in seconds) 30 days after
+/// the cycle was fanned out: past every redelivery of the cycle message that could still need
+/// it (1 day in auction-cycles, 14 in its DLQ, 1 again after a redrive).
+#[tokio::test]
+async fn a_cycle_record_expires_30_days_after_its_fan_out() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let worker = Worker::spawn(
+        WORKER,
+        &env(
+            &stack,
+            &[
+                ("SIMULATOR_SEED", "7"),
+                ("SIMULATOR_NOT_READY_TIMES", "0"),
+                ("SIMULATOR_ORDERS", "3"),
+            ],
+        ),
+    )?;
+    let before = fleet::util::now_ms() / 1000;
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.queue("auction-cycles").url)
+        .message_body(r#"{"cycle":"ttl-1"}"#)
+        .send()
+        .await?;
+    worker
+        .wait_for_total("cycles_fanned_out", 1, Duration::from_secs(60))
+        .await?;
+    let after = fleet::util::now_ms() / 1000;
+    let table = stack.table("auction-cycles");
+    let record = stack
+        .dynamodb
+        .get_item()
+        .table_name(table)
+        .key("cycle", AttributeValue::S("ttl-1".into()))
+        .consistent_read(true)
+        .send()
+        .await?
+        .item
+        .context("the cycle record")?;
+    assert_eq!(record["status"], AttributeValue::S("FANNED_OUT".into()));
+    let expires: u64 = record
+        .get("expires_at")
+        .and_then(|v| v.as_n().ok())
+        .with_context(|| format!("expires_at in the record: {record:?}"))?
+        .parse()?;
+    assert!(
+        (before + CYCLE_TTL_SECS..=after + CYCLE_TTL_SECS).contains(&expires),
+        "expires_at {expires} not 30 days after the fan-out ({before}..={after})"
+    );
+    let ttl = stack
+        .dynamodb
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await?
+        .time_to_live_description
+        .context("ttl")?;
+    assert_eq!(
+        ttl.time_to_live_status(),
+        Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
+    );
+    assert_eq!(ttl.attribute_name(), Some("expires_at"));
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}

@@ -290,42 +290,22 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
         (&id, &request),
         "the same key names the same command"
     );
+    // The same key with another payload, through the gateway seconds after the first (well
+    // within SQS's 5-minute deduplication window): the first command stands, the second is
+    // an incident the operator sees, never a silent 202.
+    let (_, conflicting) = api
+        .create(
+            &book("Solaris (other)", "Stanislaw Lem"),
+            Some("create-solaris"),
+        )
+        .await?;
     assert_eq!(
-        stack.depth(&queue.url).await?,
-        1,
-        "SQS deduplicated the retry"
+        conflicting, request,
+        "the same key names the same request id"
     );
 
     let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
     assert_eq!(api.decision(&id, &request).await?["status"], "APPLIED");
-    // A replay after SQS's 5-minute window: same command, new deduplication id.
-    let (_, applied) = api.get(&id).await?;
-    // The sender's owner id (the stack's key id): a command without one is malformed.
-    let (owner, _) = integration_tests::api_key_ids(&stack).await?;
-    let replay = |body: Value, dedup: &str| {
-        stack
-            .sqs
-            .send_message()
-            .queue_url(&queue.url)
-            .message_group_id(&id)
-            .message_deduplication_id(dedup)
-            .message_body(body.to_string())
-            .message_attributes("command", string_attr("CREATE"))
-            .message_attributes("bookId", string_attr(&id))
-            .message_attributes("requestId", string_attr(&request))
-            .message_attributes("ownerId", string_attr(&owner))
-            .send()
-    };
-    replay(book("Solaris", "Stanislaw Lem"), "late-replay").await?;
-    worker
-        .wait_for_total("duplicates", 1, Duration::from_secs(30))
-        .await?;
-    let (_, after) = api.get(&id).await?;
-    assert_eq!(after, applied, "a replay writes nothing");
-    assert_eq!(worker.total("commands_applied"), 1);
-
-    // The same key with another payload: the first command stands, the second is an incident.
-    replay(book("Solaris (other)", "Stanislaw Lem"), "reused-key").await?;
     let dead = stack
         .wait_for_messages(&queue.dlq_url, "the reused key in the DLQ")
         .await?;
@@ -334,6 +314,41 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
         attrs["fleet.error.kind"].string_value(),
         Some("idempotency-conflict")
     );
+    assert!(dead[0]
+        .body()
+        .unwrap_or_default()
+        .contains("Solaris (other)"));
+    // The exact retry reached the worker too and was recognised as the same command.
+    worker
+        .wait_for_total("duplicates", 1, Duration::from_secs(30))
+        .await?;
+    let (_, applied) = api.get(&id).await?;
+    assert_eq!(applied["title"], "Solaris");
+    assert_eq!(worker.total("commands_applied"), 1, "applied once");
+
+    // A replay after SQS's 5-minute window: same command, new deduplication id.
+    // The sender's owner id (the stack's key id): a command without one is malformed.
+    let (owner, _) = integration_tests::api_key_ids(&stack).await?;
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&queue.url)
+        .message_group_id(&id)
+        .message_deduplication_id("late-replay")
+        .message_body(book("Solaris", "Stanislaw Lem").to_string())
+        .message_attributes("command", string_attr("CREATE"))
+        .message_attributes("bookId", string_attr(&id))
+        .message_attributes("requestId", string_attr(&request))
+        .message_attributes("ownerId", string_attr(&owner))
+        .send()
+        .await?;
+    worker
+        .wait_for_total("duplicates", 2, Duration::from_secs(30))
+        .await?;
+    let (_, after) = api.get(&id).await?;
+    assert_eq!(after, applied, "a replay writes nothing");
+    assert_eq!(worker.total("commands_applied"), 1);
+
     let group = dead[0]
         .attributes()
         .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId));

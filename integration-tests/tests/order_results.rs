@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use integration_tests::{eventually, sdk_config, Proxy, Stack, Worker};
 use serde_json::{json, Value};
 
@@ -195,4 +196,66 @@ async fn a_rejection_delivered_twice_at_once_is_notified_once() -> Result<()> {
         "the copies overlapped: {waited} deliveries found the claim held"
     );
     integration_tests::terminate_all(workers).await
+}
+
+/// How long a notification's dedupe record is kept after it was last written: 30 days.
+const NOTIFICATION_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Issue 15: the dedupe record of a notification expires (DynamoDB TTL on `expires_at`, in
+/// seconds) 30 days after it was marked `SENT`: past every redelivery of the order result
+/// that could still need it (4 days in order-results, 14 in its DLQ, 4 again after a redrive).
+#[tokio::test]
+async fn a_notification_dedupe_record_expires_30_days_after_it_was_sent() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let worker = Worker::spawn(WORKER, &stack.worker_env(WORKER))?;
+    let before = fleet::util::now_ms() / 1000;
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.queue("order-results").url)
+        .message_body(
+            json!({"cycle": "2026-11-24T01.00Z", "record_id": "ttl-1", "status": "rejected", "reason": "price below the clearing price"})
+                .to_string(),
+        )
+        .send()
+        .await?;
+    let table = stack.table("notifications").to_owned();
+    let record = eventually(Duration::from_secs(30), "the record SENT", || async {
+        let item = stack
+            .dynamodb
+            .get_item()
+            .table_name(&table)
+            .key(
+                "notification_id",
+                AttributeValue::S("2026-11-24T01.00Z/ttl-1".into()),
+            )
+            .consistent_read(true)
+            .send()
+            .await?
+            .item;
+        Ok(item.filter(|i| i.get("status") == Some(&AttributeValue::S("SENT".into()))))
+    })
+    .await?;
+    let after = fleet::util::now_ms() / 1000;
+    let expires: u64 = record
+        .get("expires_at")
+        .and_then(|v| v.as_n().ok())
+        .with_context(|| format!("expires_at in the record: {record:?}"))?
+        .parse()?;
+    assert!(
+        (before + NOTIFICATION_TTL_SECS..=after + NOTIFICATION_TTL_SECS).contains(&expires),
+        "expires_at {expires} not 30 days after the notification ({before}..={after})"
+    );
+    let ttl = stack
+        .dynamodb
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await?
+        .time_to_live_description
+        .context("ttl")?;
+    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+    assert_eq!(ttl.attribute_name(), Some("expires_at"));
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
 }

@@ -654,3 +654,324 @@ async fn pages_of_requests_newest_first_each_once_and_cleanup_removes_the_vpcs()
     worker.terminate(Duration::from_secs(30)).await?;
     Ok(())
 }
+
+/// How long a request (its Idempotency-Key) is kept: 30 days from its receipt.
+const REQUEST_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// The request's record as stored (consistent read), if any.
+async fn stored(
+    stack: &Stack,
+    request_id: &str,
+) -> Result<Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>> {
+    Ok(stack
+        .dynamodb
+        .get_item()
+        .table_name(stack.table("vpc-requests"))
+        .key(
+            "request_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(request_id.into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await?
+        .item)
+}
+
+/// A number attribute of a stored record.
+fn number(
+    item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+    name: &str,
+) -> Result<u64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .with_context(|| format!("{name} in the record: {item:?}"))?
+        .parse()
+        .with_context(|| format!("{name} is a number"))
+}
+
+/// Makes a request expire now, as if its 30 days had passed (TTL deletes within ~48 h on AWS,
+/// never on LocalStack: the row stays). `expires_at` becomes the current second, at least a
+/// second after the request's receipt: a message received before it is still the request's.
+async fn expire(stack: &Stack, request_id: &str) -> Result<()> {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let past = fleet::util::now_ms() / 1000;
+    stack
+        .dynamodb
+        .update_item()
+        .table_name(stack.table("vpc-requests"))
+        .key(
+            "request_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(request_id.into()),
+        )
+        .update_expression("SET expires_at = :past")
+        .expression_attribute_values(
+            ":past",
+            aws_sdk_dynamodb::types::AttributeValue::N(past.to_string()),
+        )
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// The request ids of the caller's list (every page).
+async fn listed(stack: &Stack) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &token {
+            Some(t) => format!("/vpcs?limit=50&next_token={t}"),
+            None => "/vpcs?limit=50".to_owned(),
+        };
+        let (code, page) = get(stack, &path).await?;
+        anyhow::ensure!(code == 200, "GET {path}: {code} {page}");
+        for item in page["items"].as_array().context("items")? {
+            ids.push(item["request_id"].as_str().context("id")?.to_owned());
+        }
+        match page["next_token"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return Ok(ids),
+        }
+    }
+    anyhow::bail!("pagination does not end")
+}
+
+/// The CIDR of a VPC, or None when it does not exist (any more).
+async fn vpc_cidr(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<Option<String>> {
+    let out = ec2
+        .describe_vpcs()
+        .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+        .send()
+        .await?;
+    Ok(out
+        .vpcs()
+        .first()
+        .and_then(|v| v.cidr_block().map(str::to_owned)))
+}
+
+/// Issue 15: an Idempotency-Key is its request's for 30 days from the request's receipt
+/// (`expires_at`, the table's TTL attribute). Once expired, the request is gone for the API
+/// (404, not listed) although the row is still there (TTL deletes within ~48 h on AWS, never
+/// on LocalStack); a redelivery of its message (received before the expiry) is still that
+/// request; and the key, sent again with another body, makes a new request that succeeds
+/// (once no delivery of the old one holds its lease), while the old request's VPC is left
+/// alone.
+#[tokio::test]
+async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let ec2 = ec2_client(&sdk_config().await);
+    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    let (code, accepted) = post(&stack, "reuse", &two_subnets(60)).await?;
+    assert_eq!(code, 202, "{accepted}");
+    let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
+    let first = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
+    let old_vpc = first["vpc"]["vpc_id"]
+        .as_str()
+        .context("vpc_id")?
+        .to_owned();
+
+    // Kept 30 days from its receipt by the gateway; the table expires it by TTL.
+    let record = stored(&stack, &request_id).await?.context("the record")?;
+    let created_ms = number(&record, "created_at")?;
+    assert_eq!(
+        number(&record, "expires_at")?,
+        created_ms / 1000 + REQUEST_TTL_SECS,
+        "expires_at = receipt + 30 days"
+    );
+    let ttl = stack
+        .dynamodb
+        .describe_time_to_live()
+        .table_name(stack.table("vpc-requests"))
+        .send()
+        .await?
+        .time_to_live_description
+        .context("ttl")?;
+    assert_eq!(
+        ttl.time_to_live_status(),
+        Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
+    );
+    assert_eq!(ttl.attribute_name(), Some("expires_at"));
+    assert_eq!(listed(&stack).await?, std::slice::from_ref(&request_id));
+
+    // 30 days later: gone for the API, though DynamoDB has not deleted the row.
+    expire(&stack, &request_id).await?;
+    let (code, answer) = get(&stack, &format!("/vpcs/{request_id}")).await?;
+    assert_eq!(code, 404, "an expired request: {answer}");
+    assert!(
+        listed(&stack).await?.is_empty(),
+        "an expired request is not listed"
+    );
+    assert!(
+        stored(&stack, &request_id).await?.is_some(),
+        "the row is still there"
+    );
+
+    // A redelivery of the first message (received before the expiry) is still the first
+    // request, finished: nothing is created.
+    let client = record
+        .get("client")
+        .and_then(|v| v.as_s().ok())
+        .context("client")?
+        .clone();
+    let attr = |v: &str, t: &str| {
+        aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type(t)
+            .string_value(v)
+            .build()
+            .expect("typed")
+    };
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.queue("vpc-requests").url)
+        .message_body(two_subnets(60).to_string())
+        .message_attributes("requestId", attr(&request_id, "String"))
+        .message_attributes("ownerId", attr(&client, "String"))
+        .message_attributes("receivedAt", attr(&created_ms.to_string(), "Number"))
+        .send()
+        .await?;
+    assert!(
+        settles_at(&worker, "duplicates", 1).await?,
+        "the old message is a duplicate"
+    );
+    assert_eq!(tagged(&ec2, &request_id).await?.len(), 1, "no second VPC");
+    let (code, _) = get(&stack, &format!("/vpcs/{request_id}")).await?;
+    assert_eq!(code, 404, "still expired");
+
+    // A delivery of the old request still holds its lease (say, a client's retry received just
+    // before the expiry): the new request waits for it to end, then replaces the record.
+    stack
+        .dynamodb
+        .update_item()
+        .table_name(stack.table("vpc-requests"))
+        .key(
+            "request_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(request_id.clone()),
+        )
+        .update_expression("SET #status = :progress, lease_owner = :them, lease_until = :until")
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(
+            ":progress",
+            aws_sdk_dynamodb::types::AttributeValue::S("IN_PROGRESS".into()),
+        )
+        .expression_attribute_values(
+            ":them",
+            aws_sdk_dynamodb::types::AttributeValue::S("an-old-delivery".into()),
+        )
+        .expression_attribute_values(
+            ":until",
+            aws_sdk_dynamodb::types::AttributeValue::N((fleet::util::now_ms() + 4_000).to_string()),
+        )
+        .send()
+        .await?;
+
+    // The key again, with another body: a new request under the same id, which succeeds.
+    let sent_ms = fleet::util::now_ms();
+    let (code, again) = post(&stack, "reuse", &two_subnets(61)).await?;
+    assert_eq!((code, &again["request_id"]), (202, &json!(request_id)));
+    let second = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
+    assert_eq!(second["vpc"]["cidr"], "10.61.0.0/16", "{second}");
+    let new_vpc = second["vpc"]["vpc_id"].as_str().context("vpc_id")?;
+    assert_ne!(new_vpc, old_vpc);
+    assert_eq!(
+        vpc_cidr(&ec2, new_vpc).await?.as_deref(),
+        Some("10.61.0.0/16")
+    );
+    let subnets: Vec<&str> = second["subnets"]
+        .as_array()
+        .context("subnets")?
+        .iter()
+        .filter_map(|s| s["cidr"].as_str())
+        .collect();
+    assert_eq!(subnets, ["10.61.1.0/24", "10.61.2.0/24"]);
+    let record = stored(&stack, &request_id)
+        .await?
+        .context("the new record")?;
+    let created_again = number(&record, "created_at")?;
+    assert!(created_again >= sent_ms.saturating_sub(5_000), "{record:?}");
+    assert_eq!(
+        number(&record, "expires_at")?,
+        created_again / 1000 + REQUEST_TTL_SECS
+    );
+    assert_eq!(listed(&stack).await?, std::slice::from_ref(&request_id));
+    // The old request's VPC is left as it was; nothing was dead-lettered (no conflict).
+    assert_eq!(
+        vpc_cidr(&ec2, &old_vpc).await?.as_deref(),
+        Some("10.60.0.0/16")
+    );
+    assert_eq!(tagged(&ec2, &request_id).await?.len(), 2);
+    assert!(settles_at(&worker, "requests_succeeded", 2).await?);
+    assert_eq!(worker.total("dead_lettered"), 0);
+    assert!(
+        retried_for(&worker, "request-busy") >= 1,
+        "the new request waited for the old one's lease"
+    );
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// Issue 15: a key reused after its request expired names a new request, but the old
+/// request's VPC still carries the same `RequestId` tag. A delivery that takes the new request
+/// over after a crash (and looks its VPC up by tag) must find the new request's VPC, never
+/// adopt the old one.
+#[tokio::test]
+async fn a_takeover_of_a_reused_key_finds_its_own_vpc_not_the_expired_requests() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let ec2 = ec2_client(&sdk_config().await);
+    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    let (code, accepted) = post(&stack, "again", &two_subnets(62)).await?;
+    assert_eq!(code, 202, "{accepted}");
+    let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
+    let first = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
+    let old_vpc = first["vpc"]["vpc_id"]
+        .as_str()
+        .context("vpc_id")?
+        .to_owned();
+    worker.terminate(Duration::from_secs(30)).await?;
+    expire(&stack, &request_id).await?;
+
+    // The new request's first delivery dies right after CreateVpc, before the checkpoint.
+    let mut crashing = Worker::spawn(WORKER, &env(&stack, &[("VPC_CRASH_AFTER", "create-vpc")]))?;
+    let (code, _) = post(&stack, "again", &two_subnets(63)).await?;
+    assert_eq!(code, 202);
+    let status = tokio::time::timeout(Duration::from_secs(30), crashing.wait())
+        .await
+        .context("the crashing worker did not abort: the new request was never worked on")??;
+    assert_ne!(status, Some(0), "the worker aborted");
+    let (_, record) = get(&stack, &format!("/vpcs/{request_id}")).await?;
+    assert_eq!(record["status"], "IN_PROGRESS", "{record}");
+    assert_eq!(record["vpc"]["cidr"], "10.63.0.0/16", "{record}");
+
+    // The takeover looks the VPC up: the new one, made by the crashed delivery.
+    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+    let done = wait_for_end(&stack, &request_id).await?;
+    let found = tagged(&ec2, &request_id).await?;
+    let summary = format!("{done}\nVPCs tagged with the request id: {found:?}");
+    assert_eq!(done["status"], "SUCCEEDED", "{summary}");
+    let new_vpc = done["vpc"]["vpc_id"].as_str().context("vpc_id")?;
+    assert_ne!(
+        new_vpc, old_vpc,
+        "the old request's VPC was adopted: {summary}"
+    );
+    assert_eq!(
+        vpc_cidr(&ec2, new_vpc).await?.as_deref(),
+        Some("10.63.0.0/16"),
+        "{summary}"
+    );
+    assert_eq!(
+        vpc_cidr(&ec2, &old_vpc).await?.as_deref(),
+        Some("10.62.0.0/16"),
+        "the old VPC is left alone: {summary}"
+    );
+    assert_eq!(found.len(), 2, "one VPC each, none made twice: {summary}");
+    for (id, _, subnets) in &found {
+        let cidrs: Vec<&str> = subnets.iter().map(|(c, _, _)| c.as_str()).collect();
+        let second = if id == new_vpc { 63 } else { 62 };
+        assert_eq!(
+            cidrs,
+            [format!("10.{second}.1.0/24"), format!("10.{second}.2.0/24")],
+            "{summary}"
+        );
+    }
+    worker.terminate(Duration::from_secs(30)).await?;
+    Ok(())
+}

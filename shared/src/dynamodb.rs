@@ -37,3 +37,13 @@ pub fn failed_condition(codes: &[String], index: usize) -> bool {
         .get(index)
         .is_some_and(|c| c == "ConditionalCheckFailed")
 }
+
+/// The attribute holding a client's number exactly: `N` when DynamoDB can hold it, else `S`
+/// with the exact decimal ([`crate::json::Decimal::attribute`]).
+pub fn number(value: &crate::json::Decimal) -> aws_sdk_dynamodb::types::AttributeValue {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    match value.attribute() {
+        crate::json::NumberAttribute::N(n) => AttributeValue::N(n),
+        crate::json::NumberAttribute::S(s) => AttributeValue::S(s),
+    }
+}

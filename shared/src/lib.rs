@@ -21,6 +21,7 @@ pub mod engine;
 #[cfg(feature = "dynamodb")]
 pub mod group_store;
 pub mod health;
+pub mod json;
 pub mod message;
 pub mod metrics;
 pub mod outcome;

@@ -74,9 +74,20 @@ pub struct QueueSpec {
     /// A FIFO queue (ordered per message group, deduplicated).
     #[serde(default)]
     pub fifo: bool,
+    /// How long SQS keeps a message, seconds.
+    pub message_retention_secs: u64,
+    /// How long its DLQ keeps a message, seconds.
+    pub dlq_retention_secs: u64,
 }
 
 impl QueueSpec {
+    /// The longest a message of this queue can live, seconds: its retention, then the DLQ's
+    /// (the engine dead-letters a copy, sent anew), then its retention again after a redrive
+    /// (sent anew). A record that dedupes its messages must be kept at least this long.
+    pub fn longest_message_life_secs(&self) -> u64 {
+        2 * self.message_retention_secs + self.dlq_retention_secs
+    }
+
     /// The deployed name of queue `key` under `prefix` (`dlq` for its dead-letter queue).
     pub fn name(&self, prefix: &str, key: &str, dlq: bool) -> String {
         format!(

@@ -18,8 +18,9 @@
 //!   died). Every checkpoint, and the `FANNED_OUT` mark, is conditional on still holding the
 //!   lease, and extends it. (A crash between a batch and its checkpoint sends that batch
 //!   again, and so does a batch whose sending outlasts the lease; the results' consumer is
-//!   idempotent.) The `auction-cycles` table declares no TTL attribute in topology.json, so no
-//!   expiry is written and the records stay.
+//!   idempotent.) The claim and the `FANNED_OUT` mark set `expires_at` (s since the epoch, the
+//!   table's TTL attribute in topology.json) [`CYCLE_TTL`] ahead: DynamoDB deletes a cycle
+//!   record that long after its last write, when no delivery of the cycle can still need it.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -150,6 +151,26 @@ impl SourceArgs {
 #[derive(Debug, Deserialize)]
 struct CycleMessage {
     cycle: String,
+}
+
+/// How long a cycle record is kept after its last write (`expires_at`, the table's TTL
+/// attribute): 30 days.
+///
+/// The record must outlive every delivery of the cycle's message: one that found no record
+/// would fan the cycle out again. The record is written after the message was first sent, and
+/// the message lives at most the auction-cycles queue's retention (1 day), then 14 days in the
+/// DLQ (the engine sends it there anew, so the DLQ's retention starts then), then, redriven
+/// (`fleetctl dlq redrive` sends it anew), 1 day again: 16 days at most. 30 days leaves two
+/// weeks to spare (a late redrive, clocks) and matches the notifications. EventBridge
+/// Scheduler sends each cycle once (its retries end within a day). A fan-out repeated after
+/// all would still notify each rejection once while its dedupe records last
+/// ([`crate::notify::NOTIFICATION_TTL`]). (A unit test checks it against the queue's
+/// retention in topology.json.)
+pub const CYCLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `expires_at` of a cycle record written at `now_ms` (ms since the epoch): s since the epoch.
+fn expires_at(now_ms: u64) -> AttributeValue {
+    AttributeValue::N((now_ms / 1000 + CYCLE_TTL.as_secs()).to_string())
 }
 
 /// Cycle record status once every result was sent.
@@ -291,7 +312,7 @@ impl<S: ResultsSource> CyclesHandler<S> {
                  batches_sent = if_not_exists(batches_sent, :zero), \
                  #status = :fanning, \
                  started_at = if_not_exists(started_at, :now), \
-                 lease_owner = :me, lease_until = :until",
+                 lease_owner = :me, lease_until = :until, expires_at = :expires",
             )
             .condition_expression(format!(
                 "(attribute_not_exists(#status) OR (#status = :fanning AND {FREE_OR_MINE})) \
@@ -305,6 +326,7 @@ impl<S: ResultsSource> CyclesHandler<S> {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":me", AttributeValue::S(owner.to_owned()))
             .expression_attribute_values(":until", n(lease::until(now, self.lease)))
+            .expression_attribute_values(":expires", expires_at(now))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -415,19 +437,22 @@ impl<S: ResultsSource> CyclesHandler<S> {
                 }
             }
         }
+        let now = now_ms();
         let done = self
             .dynamodb
             .update_item()
             .table_name(&self.cycles_table)
             .key("cycle", Self::key(cycle))
             .update_expression(
-                "SET #status = :done, finished_at = :now REMOVE lease_owner, lease_until",
+                "SET #status = :done, finished_at = :now, expires_at = :expires \
+                 REMOVE lease_owner, lease_until",
             )
             .condition_expression("lease_owner = :me")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":done", AttributeValue::S(FANNED_OUT.into()))
             .expression_attribute_values(":me", AttributeValue::S(owner.clone()))
-            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":expires", expires_at(now))
             .send()
             .await;
         match done {
@@ -526,6 +551,25 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Config::command().debug_assert();
+    }
+
+    /// The longest a message of `queue` can live (topology.json).
+    fn longest_life(queue: &str) -> u64 {
+        fleet::topology::Topology::builtin().queues[queue].longest_message_life_secs()
+    }
+
+    #[test]
+    fn a_record_outlives_every_delivery_of_its_cycle() {
+        assert_eq!(longest_life("auction-cycles"), 16 * 24 * 3600);
+        assert!(CYCLE_TTL.as_secs() >= longest_life("auction-cycles"));
+    }
+
+    #[test]
+    fn a_record_expires_30_days_after_its_write_in_seconds() {
+        assert_eq!(
+            expires_at(2_000_500),
+            AttributeValue::N((2_000 + 30 * 24 * 3600).to_string())
+        );
     }
 
     #[test]

@@ -18,8 +18,11 @@
 //! still possible when a delivery published but could not mark `SENT` before its lease ended
 //! (it crashed, or DynamoDB failed for the rest of the lease) and a delivery in another process
 //! took the expired lease; and when SNS took a publish whose answer never reached the worker
-//! (a timeout): the retry publishes again. The table declares no TTL attribute in
-//! topology.json, so no expiry is written and the records stay.
+//! (a timeout): the retry publishes again.
+//!
+//! Every write of a record (the claim, the `SENT` mark) sets `expires_at` (s since the epoch,
+//! the table's TTL attribute in topology.json) [`NOTIFICATION_TTL`] ahead: DynamoDB deletes a
+//! record that long after its last write, when no redelivery can still need it.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -39,6 +42,26 @@ use crate::lease::{self, Item, CLAIMED_ELSEWHERE, FREE_OR_MINE};
 const SENT: &str = "SENT";
 /// Record status while a delivery holds the claim (or died holding it).
 const CLAIMED: &str = "CLAIMED";
+
+/// How long a notification's dedupe record is kept after its last write (`expires_at`, the
+/// table's TTL attribute): 30 days.
+///
+/// The record must outlive every delivery of a message that could publish the notification
+/// again. A notification comes from an order-results message (a rejected order) or an
+/// auction-cycles message (a cycle past its deadline), and the record is written after that
+/// message was first sent. Such a message lives at most its queue's retention (order-results
+/// 4 days, auction-cycles 1 day), then 14 days in the DLQ (the engine sends it there anew, so
+/// the DLQ's retention starts then), then, redriven (`fleetctl dlq redrive` sends it anew),
+/// its queue's retention again: 4 + 14 + 4 = 22 days at most (1 + 14 + 1 = 16 for a cycle).
+/// 30 days covers that with a week to spare (a late redrive, clocks). Only a message redriven
+/// again after that could notify a second time: an expiry may repeat a notification, never
+/// lose one. (A unit test checks it against the queues' retention in topology.json.)
+pub const NOTIFICATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `expires_at` of a record written at `now_ms` (ms since the epoch): s since the epoch.
+fn expires_at(now_ms: u64) -> AttributeValue {
+    AttributeValue::N((now_ms / 1000 + NOTIFICATION_TTL.as_secs()).to_string())
+}
 
 /// How long a publish may take under a lease of `lease`: half of it. The SNS client's
 /// operation timeout, and the least of the lease a publish must start with.
@@ -152,7 +175,7 @@ impl Notifier {
             .update_expression(
                 "SET #status = :claimed, lease_owner = :me, lease_until = :until, \
                  claimed_at = if_not_exists(claimed_at, :now), \
-                 claims = if_not_exists(claims, :zero) + :one",
+                 claims = if_not_exists(claims, :zero) + :one, expires_at = :expires",
             )
             .condition_expression(format!(
                 "attribute_not_exists(#status) OR (#status <> :sent AND {FREE_OR_MINE})"
@@ -165,6 +188,7 @@ impl Notifier {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":expires", expires_at(now))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -224,19 +248,22 @@ impl Notifier {
     /// Marks the notification `SENT` if `owner` still holds its claim.
     async fn mark_sent(&self, id: &str, owner: &str) -> Outcome {
         let (name, key) = Self::key(id);
+        let now = now_ms();
         let marked = self
             .dynamodb
             .update_item()
             .table_name(&self.table)
             .key(name, key)
             .update_expression(
-                "SET #status = :sent, sent_at = :now REMOVE lease_owner, lease_until",
+                "SET #status = :sent, sent_at = :now, expires_at = :expires \
+                 REMOVE lease_owner, lease_until",
             )
             .condition_expression("lease_owner = :me")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":sent", AttributeValue::S(SENT.into()))
             .expression_attribute_values(":me", AttributeValue::S(owner.to_owned()))
-            .expression_attribute_values(":now", AttributeValue::N(now_ms().to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":expires", expires_at(now))
             .send()
             .await;
         match marked {
@@ -344,6 +371,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The longest a message of `queue` can live (topology.json).
+    fn longest_life(queue: &str) -> u64 {
+        fleet::topology::Topology::builtin().queues[queue].longest_message_life_secs()
+    }
+
+    #[test]
+    fn a_record_outlives_every_message_that_may_notify() {
+        for queue in ["order-results", "auction-cycles"] {
+            assert!(
+                NOTIFICATION_TTL.as_secs() >= longest_life(queue),
+                "{queue}: {} s",
+                longest_life(queue)
+            );
+        }
+        assert_eq!(longest_life("order-results"), 22 * 24 * 3600);
+    }
+
+    #[test]
+    fn a_record_expires_30_days_after_its_write_in_seconds() {
+        assert_eq!(
+            expires_at(1_000_999),
+            AttributeValue::N((1_000 + 30 * 24 * 3600).to_string())
+        );
     }
 
     #[test]

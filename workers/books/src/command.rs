@@ -50,12 +50,25 @@ pub struct Book {
     pub title: String,
     /// Author (the key of the by-author index).
     pub author: String,
-    /// Year of publication.
-    #[serde(default)]
+    /// Year of publication. Any JSON spelling of an integer (`1999`, `1999.0`, `1.999e3`):
+    /// the gateway's schema checks the value, not how it is written.
+    #[serde(default, deserialize_with = "exact_year")]
     pub year: Option<i32>,
     /// Tags, in the client's order.
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+fn exact_year<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    fleet::json::Decimal::parse(raw.get())
+        .and_then(|year| year.to_i64())
+        .and_then(|year| i32::try_from(year).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("year {} is not an integer", raw.get())))
 }
 
 /// One command, parsed from its message.
@@ -137,7 +150,7 @@ impl Command {
         let book = match kind {
             Kind::Delete => None,
             Kind::Create | Kind::Update => {
-                let mut book: Book = serde_json::from_str(&message.body)
+                let mut book: Book = fleet::json::from_body(&message.body)
                     .map_err(|e| Malformed(format!("the body is not a book: {e}")))?;
                 book.isbn = book
                     .isbn
@@ -340,6 +353,21 @@ pub(crate) mod tests {
         assert_eq!(c.received_at_ms, Some(1_700_000_000_000));
         assert_eq!(c.next_version(), Some(1));
         assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn any_spelling_of_an_integer_year_and_duplicate_keys_read_like_the_gateway() {
+        let year = |y: &str| {
+            let body = BOOK.replacen('{', &format!("{{\"year\":{y},"), 1);
+            Command::from_message(&command("CREATE", None, &body)).map(|c| c.book.unwrap().year)
+        };
+        assert_eq!(year("1999").unwrap(), Some(1999));
+        assert_eq!(year("1999.0").unwrap(), Some(1999));
+        assert_eq!(year("1.999e3").unwrap(), Some(1999));
+        assert!(year("1999.5").is_err() && year("\"1999\"").is_err());
+        let twice = BOOK.replacen('{', "{\"title\":\"first\",", 1);
+        let c = Command::from_message(&command("CREATE", None, &twice)).unwrap();
+        assert_ne!(c.book.unwrap().title, "first", "the last title wins");
     }
 
     #[test]

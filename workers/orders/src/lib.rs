@@ -110,7 +110,7 @@ impl OrdersHandler {
             .item("owner_id", AttributeValue::S(owner.to_owned()))
             .item("record_id", AttributeValue::S(order.record_id.clone()))
             .item("parameter_1", AttributeValue::S(order.parameter_1.clone()))
-            .item("parameter_2", AttributeValue::N(order.parameter_2.clone()))
+            .item("parameter_2", fleet::dynamodb::number(&order.parameter_2))
             .item("payload_hash", AttributeValue::S(hash.clone()))
             .item("received_at", AttributeValue::N(received_at.to_string()))
             .item(

@@ -4,6 +4,7 @@
 //! the caller's owner id and request metadata arrive as message attributes set by the API
 //! Gateway mapping template.
 
+use fleet::json::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -31,10 +32,9 @@ pub const MAX_REFERENCE_LEN: usize = 256;
 /// The body of `PUT /payments/{paymentId}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Body<'a> {
+struct Body {
     user_id: String,
-    #[serde(borrow)]
-    amount: &'a RawValue,
+    amount: Box<RawValue>,
     currency: String,
     #[serde(default)]
     reference: Option<String>,
@@ -49,8 +49,9 @@ pub struct Payment {
     pub payment_id: String,
     /// Who pays.
     pub user_id: String,
-    /// The amount as a canonical decimal string (exact, never through a float).
-    pub amount: String,
+    /// The amount's exact value (never through a float): `1e2`, `100` and `100.0` are the
+    /// same amount.
+    pub amount: Decimal,
     /// ISO-4217-style code, e.g. `EUR`.
     pub currency: String,
     /// Free text from the client.
@@ -113,17 +114,17 @@ impl Payment {
         if !is_id(payment_id) {
             return Err(field("paymentId", "1-64 characters of A-Z a-z 0-9 - _"));
         }
-        let body: Body<'_> =
-            serde_json::from_str(body).map_err(|e| InvalidPayment::Body(e.to_string()))?;
+        let body: Body =
+            fleet::json::from_body(body).map_err(|e| InvalidPayment::Body(e.to_string()))?;
         if !is_id(&body.user_id) {
             return Err(field("userId", "1-64 characters of A-Z a-z 0-9 - _"));
         }
-        let amount = canonical_decimal(body.amount.get())
-            .ok_or_else(|| field("amount", "must be a plain decimal number"))?;
-        let value: f64 = amount
-            .parse()
-            .map_err(|_| field("amount", "must be a number"))?;
-        if value <= 0.0 || value > MAX_AMOUNT {
+        let amount =
+            Decimal::parse(body.amount.get()).ok_or_else(|| field("amount", "must be a number"))?;
+        // The gateway's schema says "> 0, <= 1e9"; a validator comparing doubles lets
+        // 1000000000.0000000001 through, one comparing decimals lets 1e-400 through: the
+        // worker accepts what either accepts, and stores the exact value.
+        if !amount.is_positive() || amount.to_f64() > MAX_AMOUNT {
             return Err(field("amount", "must be > 0 and <= 1000000000"));
         }
         if body.currency.len() != 3 || !body.currency.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -159,40 +160,12 @@ impl Payment {
         let canonical = serde_json::json!({
             "paymentId": self.payment_id,
             "userId": self.user_id,
-            "amount": self.amount,
+            "amount": self.amount.to_string(),
             "currency": self.currency,
             "reference": self.reference,
         });
         fleet::util::sha256_hex(canonical.to_string().as_bytes())
     }
-}
-
-/// `"010.500"` → `"10.5"`; `None` for anything but a plain JSON decimal (no exponent, no sign
-/// other than a leading minus).
-fn canonical_decimal(raw: &str) -> Option<String> {
-    let (negative, digits) = match raw.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, raw),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) || (digits.contains('.') && frac.is_empty()) {
-        return None;
-    }
-    let int = int.trim_start_matches('0');
-    let frac = frac.trim_end_matches('0');
-    let mut out = String::new();
-    if negative {
-        out.push('-');
-    }
-    out.push_str(if int.is_empty() { "0" } else { int });
-    if !frac.is_empty() {
-        out.push('.');
-        out.push_str(frac);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -205,7 +178,7 @@ mod tests {
     #[test]
     fn parses_a_valid_payment_exactly() {
         let p = Payment::parse("p-1", BODY).unwrap();
-        assert_eq!(p.amount, "10.5");
+        assert_eq!(p.amount.to_string(), "10.5");
         assert_eq!(p.reference.as_deref(), Some("a&b=c+d%e \"q\" é"));
     }
 
@@ -264,7 +237,7 @@ mod tests {
             ),
             (
                 "p-1",
-                r#"{"userId":"u","amount":1e3,"currency":"EUR"}"#,
+                r#"{"userId":"u","amount":1e10,"currency":"EUR"}"#,
                 "invalid-payment",
             ),
             (
@@ -314,12 +287,35 @@ mod tests {
     }
 
     #[test]
-    fn canonical_decimals() {
-        assert_eq!(canonical_decimal("007.2500").as_deref(), Some("7.25"));
-        assert_eq!(canonical_decimal("0.10").as_deref(), Some("0.1"));
-        assert_eq!(canonical_decimal("12").as_deref(), Some("12"));
-        assert_eq!(canonical_decimal("1.").as_deref(), None);
-        assert_eq!(canonical_decimal("1e5").as_deref(), None);
-        assert_eq!(canonical_decimal("\"1\"").as_deref(), None);
+    fn amounts_are_exact_however_written() {
+        let amount = |a: &str| {
+            let body = format!(r#"{{"userId":"u","amount":{a},"currency":"EUR"}}"#);
+            Payment::parse("p-1", &body).map(|p| p.amount.to_string())
+        };
+        assert_eq!(amount("1e2").unwrap(), "100");
+        assert_eq!(amount("7.2500").unwrap(), "7.25");
+        assert_eq!(amount("0.1E3").unwrap(), "100");
+        // What a double-based validator lets through is stored exactly.
+        assert_eq!(
+            amount("1000000000.0000000001").unwrap(),
+            "1000000000.0000000001"
+        );
+        assert_eq!(amount("1e-400").unwrap(), "1e-400");
+        let long = format!("0.{}", "1".repeat(45));
+        assert_eq!(amount(&long).unwrap(), long);
+        assert!(amount("1.").is_err() && amount("\"1\"").is_err() && amount("-0").is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins_like_the_gateway() {
+        let p = Payment::parse(
+            "p-1",
+            r#"{"userId":"a","amount":1,"currency":"EUR","userId":"b","amount":2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.user_id.as_str(), p.amount.to_string()),
+            ("b", "2".into())
+        );
     }
 }

@@ -88,7 +88,7 @@ impl PaymentStore for DynamoStore {
             .item("ownerId", s(&payment.owner))
             .item("paymentId", s(&payment.payment_id))
             .item("userId", s(&payment.user_id))
-            .item("amount", AttributeValue::N(payment.amount.clone()))
+            .item("amount", fleet::dynamodb::number(&payment.amount))
             .item("currency", s(&payment.currency))
             .item(PAYLOAD_HASH, s(payload_hash))
             .item("messageId", s(&provenance.message_id))

@@ -142,7 +142,7 @@ impl Handler for PostsHandler {
                 format!("message attribute {ATTR_POST_ID} is missing"),
             );
         };
-        let post: PostRequest = match serde_json::from_str(&message.body) {
+        let post: PostRequest = match fleet::json::from_body(&message.body) {
             Ok(post) => post,
             Err(e) => {
                 return Outcome::permanent("invalid-post", format!("the body is not a post: {e}"))

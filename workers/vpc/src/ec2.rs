@@ -13,6 +13,12 @@
 //! - `CreateSubnet` keeps the SDK's retries: a retry cannot make a second subnet (its CIDR
 //!   conflicts with the first one's, `InvalidSubnet.Conflict`), and the caller repairs that
 //!   conflict by looking up the subnet of the VPC with the CIDR and the request's tag.
+//!
+//! A request id names a new request once the one before under it has expired (see
+//! [`crate::store::REQUEST_TTL`]), and the old request's resources keep their `RequestId` tag.
+//! So each resource is also tagged with its request's incarnation ([`INCARNATION_TAG`]), and
+//! the look-ups of a request's own resources ask for both tags ([`Tagged`]): a request made
+//! anew never takes the VPC of the one before for its own, nor deletes it.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicU64;
@@ -25,6 +31,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// Tag naming the request a resource was created for.
 pub const REQUEST_ID_TAG: &str = "RequestId";
+/// Tag naming which request under its id a resource was created for: the record's
+/// `incarnation` (the SQS message id that created it).
+pub const INCARNATION_TAG: &str = "RequestIncarnation";
 /// Tag naming the project (the cleanup command deletes what carries it).
 pub const PROJECT_TAG: &str = "Project";
 /// The error of a `CreateSubnet` whose CIDR is taken in the VPC (by an earlier attempt whose
@@ -55,6 +64,27 @@ pub struct Ec2 {
     limiter: Arc<DefaultDirectRateLimiter>,
     calls: Arc<AtomicU64>,
     project: String,
+}
+
+/// Whose resources: a request, and which incarnation of its id.
+#[derive(Debug, Clone, Copy)]
+pub struct Tagged<'a> {
+    /// The request id (tag `RequestId`).
+    pub request_id: &'a str,
+    /// The record's incarnation (tag `RequestIncarnation`); `None` for a record older than
+    /// incarnations, whose resources carry only `RequestId` (and whose id never expires).
+    pub incarnation: Option<&'a str>,
+}
+
+impl Tagged<'_> {
+    /// The filters that find this request's resources.
+    fn filters(&self) -> Vec<Filter> {
+        let mut filters = vec![filter(&format!("tag:{REQUEST_ID_TAG}"), self.request_id)];
+        if let Some(incarnation) = self.incarnation {
+            filters.push(filter(&format!("tag:{INCARNATION_TAG}"), incarnation));
+        }
+        filters
+    }
 }
 
 fn filter(name: &str, value: &str) -> Filter {
@@ -90,13 +120,16 @@ impl Ec2 {
     fn tags(
         &self,
         resource: ResourceType,
-        request_id: &str,
+        who: Tagged<'_>,
         extra: &[(&str, &str)],
     ) -> TagSpecification {
         let mut spec = TagSpecification::builder()
             .resource_type(resource)
             .tags(tag(PROJECT_TAG, &self.project))
-            .tags(tag(REQUEST_ID_TAG, request_id));
+            .tags(tag(REQUEST_ID_TAG, who.request_id));
+        if let Some(incarnation) = who.incarnation {
+            spec = spec.tags(tag(INCARNATION_TAG, incarnation));
+        }
         for (k, v) in extra {
             spec = spec.tags(tag(k, v));
         }
@@ -122,15 +155,15 @@ impl Ec2 {
             .collect())
     }
 
-    /// Creates the VPC of `request_id`, tagged `Name` = `name`: one attempt, never retried by
-    /// the SDK (see the module documentation); after an error that [`may_have_happened`], the
-    /// VPC may exist: look it up with [`Self::vpcs_of`].
+    /// Creates the VPC of a request, tagged `Name` = `name`: one attempt, never retried by the
+    /// SDK (see the module documentation); after an error that [`may_have_happened`], the VPC
+    /// may exist: look it up with [`Self::vpcs_of_request`].
     ///
     /// # Errors
     /// The classified EC2 error.
     pub async fn create_vpc(
         &self,
-        request_id: &str,
+        who: Tagged<'_>,
         cidr: &str,
         name: &str,
     ) -> Result<String, AwsError> {
@@ -139,7 +172,7 @@ impl Ec2 {
             .client
             .create_vpc()
             .cidr_block(cidr)
-            .tag_specifications(self.tags(ResourceType::Vpc, request_id, &[("Name", name)]))
+            .tag_specifications(self.tags(ResourceType::Vpc, who, &[("Name", name)]))
             .customize()
             .config_override(
                 aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()),
@@ -154,20 +187,20 @@ impl Ec2 {
             .to_owned())
     }
 
-    /// Creates a subnet of `request_id` in `vpc_id` (retried by the SDK: a retry after a lost
+    /// Creates a subnet of a request in `vpc_id` (retried by the SDK: a retry after a lost
     /// answer fails with [`SUBNET_CONFLICT`]; the subnet is then found by [`Self::subnet_of`]).
     ///
     /// # Errors
     /// The classified EC2 error.
     pub async fn create_subnet(
         &self,
-        request_id: &str,
+        who: Tagged<'_>,
         vpc_id: &str,
         cidr: &str,
         az: &str,
         name: Option<&str>,
     ) -> Result<String, AwsError> {
-        let mut extra = vec![("Name", name.unwrap_or(request_id))];
+        let mut extra = vec![("Name", name.unwrap_or(who.request_id))];
         if let Some(name) = name {
             extra.push(("SubnetName", name));
         }
@@ -178,7 +211,7 @@ impl Ec2 {
             .vpc_id(vpc_id)
             .cidr_block(cidr)
             .availability_zone(az)
-            .tag_specifications(self.tags(ResourceType::Subnet, request_id, &extra))
+            .tag_specifications(self.tags(ResourceType::Subnet, who, &extra))
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -189,13 +222,22 @@ impl Ec2 {
             .to_owned())
     }
 
-    /// The VPCs tagged with `request_id` (normally none or one).
+    /// The VPCs tagged with `request_id`, of every request made under it (normally none or
+    /// one; what `fleetctl vpc cleanup --request-id` deletes).
     ///
     /// # Errors
     /// The classified EC2 error.
     pub async fn vpcs_of(&self, request_id: &str) -> Result<Vec<String>, AwsError> {
-        self.find_vpcs(filter(&format!("tag:{REQUEST_ID_TAG}"), request_id))
+        self.find_vpcs(vec![filter(&format!("tag:{REQUEST_ID_TAG}"), request_id)])
             .await
+    }
+
+    /// The VPCs of one request: tagged with its id and its incarnation (normally none or one).
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    pub async fn vpcs_of_request(&self, who: Tagged<'_>) -> Result<Vec<String>, AwsError> {
+        self.find_vpcs(who.filters()).await
     }
 
     /// The VPCs tagged with the project.
@@ -203,16 +245,16 @@ impl Ec2 {
     /// # Errors
     /// The classified EC2 error.
     pub async fn project_vpcs(&self) -> Result<Vec<String>, AwsError> {
-        self.find_vpcs(filter(&format!("tag:{PROJECT_TAG}"), &self.project))
+        self.find_vpcs(vec![filter(&format!("tag:{PROJECT_TAG}"), &self.project)])
             .await
     }
 
-    async fn find_vpcs(&self, by: Filter) -> Result<Vec<String>, AwsError> {
+    async fn find_vpcs(&self, filters: Vec<Filter>) -> Result<Vec<String>, AwsError> {
         self.turn().await;
         let out = self
             .client
             .describe_vpcs()
-            .filters(by)
+            .set_filters(Some(filters))
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -223,24 +265,20 @@ impl Ec2 {
             .collect())
     }
 
-    /// The subnet of `vpc_id` with exactly `cidr` and tagged with `request_id`, if there is
-    /// one: the request's, created by an earlier attempt or delivery.
+    /// The subnet of `vpc_id` with exactly `cidr` and tagged as the request's (id and
+    /// incarnation), if there is one: created by an earlier attempt or delivery.
     ///
     /// # Errors
     /// The classified EC2 error.
     pub async fn subnet_of(
         &self,
-        request_id: &str,
+        who: Tagged<'_>,
         vpc_id: &str,
         cidr: &str,
     ) -> Result<Option<String>, AwsError> {
-        let found = self
-            .find_subnets(vec![
-                filter("vpc-id", vpc_id),
-                filter("cidr-block", cidr),
-                filter(&format!("tag:{REQUEST_ID_TAG}"), request_id),
-            ])
-            .await?;
+        let mut filters = vec![filter("vpc-id", vpc_id), filter("cidr-block", cidr)];
+        filters.extend(who.filters());
+        let found = self.find_subnets(filters).await?;
         Ok(found.into_iter().next())
     }
 
@@ -341,6 +379,35 @@ mod tests {
     use fleet::ErrorClass;
 
     use super::*;
+
+    #[test]
+    fn a_requests_resources_are_found_by_id_and_incarnation() {
+        let names = |who: Tagged<'_>| -> Vec<(String, Vec<String>)> {
+            who.filters()
+                .iter()
+                .map(|f| (f.name().unwrap_or("").to_owned(), f.values().to_vec()))
+                .collect()
+        };
+        let now = Tagged {
+            request_id: "o-k",
+            incarnation: Some("m-2"),
+        };
+        assert_eq!(
+            names(now),
+            [
+                ("tag:RequestId".to_owned(), vec!["o-k".to_owned()]),
+                ("tag:RequestIncarnation".to_owned(), vec!["m-2".to_owned()]),
+            ]
+        );
+        let older = Tagged {
+            request_id: "o-k",
+            incarnation: None,
+        };
+        assert_eq!(
+            names(older),
+            [("tag:RequestId".to_owned(), vec!["o-k".to_owned()])]
+        );
+    }
 
     fn error(class: ErrorClass, code: &str) -> AwsError {
         AwsError {

@@ -4,7 +4,12 @@
 //!
 //! 1. the request is recorded `QUEUED` (the first delivery writes it; the same request id with
 //!    another body is a conflict: recorded beside it as `FAILED`, the message dead-lettered,
-//!    the request untouched);
+//!    the request untouched). A request lasts [`store::REQUEST_TTL`] (30 days) from its
+//!    receipt (`expires_at`, the table's TTL attribute): a message received from then on is a
+//!    new request under the same id, which replaces the expired record (once no delivery holds
+//!    its lease: `request-busy` until then) whether or not TTL has deleted it yet. Resources
+//!    are tagged with the record's `incarnation` too, so a request made anew never finds the
+//!    expired one's VPC as its own (step 4), nor removes it;
 //! 2. what the gateway cannot check (subnets inside the VPC, no overlaps, AZs of the region)
 //!    → `FAILED` with the reason, no EC2 call made;
 //! 3. a lease makes one delivery at a time work on a request (two workers receiving duplicates
@@ -42,9 +47,9 @@ use fleet::{AwsError, Handler, Message, Metrics, Outcome};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use crate::ec2::{may_have_happened, Ec2, SUBNET_CONFLICT};
+use crate::ec2::{may_have_happened, Ec2, Tagged, SUBNET_CONFLICT};
 use crate::request::{SubnetSpec, VpcRequest};
-use crate::store::{status, Claim, Origin, Record, Store, StoreError};
+use crate::store::{status, Claim, Inserted, Origin, Record, Store, StoreError};
 
 /// Look-ups of a subnet after an ambiguous CreateSubnet failure, and the pause between them.
 const SUBNET_LOOKUPS: u32 = 3;
@@ -124,16 +129,17 @@ impl VpcHandler {
     /// resource without its checkpoint may exist and is looked up first.
     async fn provision(
         &self,
-        request_id: &str,
+        who: Tagged<'_>,
         request: &VpcRequest,
         me: &str,
         before: &Record,
     ) -> Result<(), StoreError> {
+        let request_id = who.request_id;
         let resumed = before.status == status::IN_PROGRESS;
         let vpc_id = match &before.vpc_id {
             Some(id) => id.clone(),
             None => {
-                let id = self.vpc(request_id, request, resumed).await?;
+                let id = self.vpc(who, request, resumed).await?;
                 self.store.vpc_created(request_id, me, &id).await?;
                 id
             }
@@ -142,7 +148,7 @@ impl VpcHandler {
             if before.subnet_ids.get(i).is_some_and(Option::is_some) {
                 continue;
             }
-            let id = self.subnet(request_id, &vpc_id, i, subnet, resumed).await?;
+            let id = self.subnet(who, &vpc_id, i, subnet, resumed).await?;
             self.store.subnet_created(request_id, me, i, &id).await?;
         }
         Ok(())
@@ -154,27 +160,24 @@ impl VpcHandler {
     /// delivery looks it up again first).
     async fn vpc(
         &self,
-        request_id: &str,
+        who: Tagged<'_>,
         request: &VpcRequest,
         resumed: bool,
     ) -> Result<String, AwsError> {
+        let request_id = who.request_id;
         if resumed {
-            if let Some(id) = self.ec2.vpcs_of(request_id).await?.into_iter().next() {
+            if let Some(id) = self.ec2.vpcs_of_request(who).await?.into_iter().next() {
                 return Ok(id);
             }
         }
         let name = format!("fleet-{request_id}");
-        match self
-            .ec2
-            .create_vpc(request_id, &request.vpc.cidr, &name)
-            .await
-        {
+        match self.ec2.create_vpc(who, &request.vpc.cidr, &name).await {
             Ok(id) => {
                 self.crash_point("create-vpc");
                 Ok(id)
             }
             Err(lost) if may_have_happened(&lost) => {
-                match self.ec2.vpcs_of(request_id).await?.into_iter().next() {
+                match self.ec2.vpcs_of_request(who).await?.into_iter().next() {
                     Some(id) => {
                         warn!(request_id, vpc_id = %id, error = %lost, "CreateVpc failed, yet made the VPC: found by its tag");
                         Ok(id)
@@ -192,21 +195,22 @@ impl VpcHandler {
     /// request's tag is the request's own (an attempt whose answer was lost).
     async fn subnet(
         &self,
-        request_id: &str,
+        who: Tagged<'_>,
         vpc_id: &str,
         index: usize,
         subnet: &SubnetSpec,
         resumed: bool,
     ) -> Result<String, AwsError> {
+        let request_id = who.request_id;
         if resumed {
-            if let Some(id) = self.ec2.subnet_of(request_id, vpc_id, &subnet.cidr).await? {
+            if let Some(id) = self.ec2.subnet_of(who, vpc_id, &subnet.cidr).await? {
                 return Ok(id);
             }
         }
         let created = self
             .ec2
             .create_subnet(
-                request_id,
+                who,
                 vpc_id,
                 &subnet.cidr,
                 &subnet.az,
@@ -222,7 +226,7 @@ impl VpcHandler {
                 // EC2's Describe calls are eventually consistent: a subnet made by a lost
                 // answer may not show at once. Look a few times before calling it a conflict.
                 for attempt in 1..=SUBNET_LOOKUPS {
-                    if let Some(id) = self.ec2.subnet_of(request_id, vpc_id, &subnet.cidr).await? {
+                    if let Some(id) = self.ec2.subnet_of(who, vpc_id, &subnet.cidr).await? {
                         warn!(request_id, subnet_id = %id, error = %e, "CreateSubnet failed, yet the subnet is the request's: found by VPC, CIDR and tag");
                         return Ok(id);
                     }
@@ -244,7 +248,13 @@ impl VpcHandler {
         me: &str,
         before: &Record,
     ) -> Outcome {
-        let provisioned = match self.provision(request_id, request, me, before).await {
+        // This request's resources: the ones tagged with its id and the incarnation of the
+        // record this delivery holds, not those of an expired request under the same id.
+        let who = Tagged {
+            request_id,
+            incarnation: before.incarnation.as_deref(),
+        };
+        let provisioned = match self.provision(who, request, me, before).await {
             Ok(()) => self.store.succeeded(request_id, me).await,
             Err(e) => Err(e),
         };
@@ -268,7 +278,7 @@ impl VpcHandler {
             Err(StoreError::Aws(e)) => {
                 let reason = format!("{}: {}", e.code, e.message);
                 warn!(request_id, %reason, "permanent EC2 error; removing what the request created");
-                if let Err(cleanup) = self.remove(request_id).await {
+                if let Err(cleanup) = self.remove(who).await {
                     self.store.release(request_id, me).await;
                     return Outcome::retry(
                         "cleanup-failed",
@@ -280,9 +290,10 @@ impl VpcHandler {
         }
     }
 
-    /// Removes every resource tagged with the request: subnets first, then the VPC.
-    async fn remove(&self, request_id: &str) -> Result<(), AwsError> {
-        let vpcs = self.ec2.vpcs_of(request_id).await?;
+    /// Removes every resource tagged with the request (id and incarnation): subnets first, then
+    /// the VPC.
+    async fn remove(&self, who: Tagged<'_>) -> Result<(), AwsError> {
+        let vpcs = self.ec2.vpcs_of_request(who).await?;
         self.ec2.remove_vpcs(&vpcs, false).await.map(drop)
     }
 
@@ -315,7 +326,7 @@ impl Handler for VpcHandler {
                 "requestId and ownerId (or apiKeyId) attributes are required (the gateway sets them)",
             );
         };
-        let request: VpcRequest = match serde_json::from_str(&message.body) {
+        let request: VpcRequest = match fleet::json::from_body(&message.body) {
             Ok(r) => r,
             Err(e) => return Outcome::permanent("invalid-body", format!("not a VPC request: {e}")),
         };
@@ -334,7 +345,13 @@ impl Handler for VpcHandler {
             .insert(request_id, &request, &hash, &origin)
             .await
         {
-            Ok(record) => record,
+            Ok(Inserted::Record(record)) => record,
+            Ok(Inserted::ExpiredBusy) => {
+                return Outcome::retry(
+                    "request-busy",
+                    "the expired request under this id is still worked on; the new one waits",
+                )
+            }
             Err(e) => return e.into_outcome(),
         };
         if record.body_sha256 != hash {
@@ -365,9 +382,15 @@ impl Handler for VpcHandler {
             message.receive_count,
             fastrand::u64(..)
         );
-        let before = match self.store.claim(request_id, &me).await {
+        let before = match self.store.claim(request_id, &me, &hash).await {
             Ok(Claim::Owned(before)) => before,
             Ok(Claim::Finished) => return Outcome::Duplicate,
+            Ok(Claim::Replaced) => {
+                return Outcome::retry(
+                    "request-replaced",
+                    "the request expired meanwhile; another one was made under its id",
+                )
+            }
             Ok(Claim::Busy) => {
                 return Outcome::retry(
                     "request-busy",

@@ -5,8 +5,20 @@
 //! the API key id; what `GET /vpcs/{request_id}` compares with the caller's), `owner` (= client;
 //! the `by-owner` index that lists a caller's requests newest first), `created_at`, `updated_at`, `status` (`QUEUED`,
 //! `IN_PROGRESS`, `SUCCEEDED`, `FAILED`), `body_sha256`, `vpc_cidr`, `subnets` (a list of
-//! `{cidr, az, name?, subnet_id?}`), `vpc_id`, `reason`, and while a delivery works on it
-//! `lease_owner` / `lease_until`. Every checkpoint is conditional on still holding the lease.
+//! `{cidr, az, name?, subnet_id?}`), `vpc_id`, `reason`, `expires_at`, `incarnation`, and while
+//! a delivery works on it `lease_owner` / `lease_until`. Every checkpoint is conditional on
+//! still holding the lease.
+//!
+//! A request id (`<owner>-<Idempotency-Key>`) names its request for [`REQUEST_TTL`] from the
+//! gateway's receipt: `expires_at` (s since the epoch, the table's TTL attribute). From then
+//! on the request is gone for the API (`GET` answers 404, the list omits it) and a message
+//! received from then on is a new request under the same id: [`Store::insert`] replaces the
+//! expired record, whether or not DynamoDB's TTL has deleted it yet (within about 48 h on AWS,
+//! never on LocalStack). It waits while a delivery still holds the expired record's lease. A
+//! message received before `expires_at` (a redelivery, a client's retry) still belongs to the
+//! old request. Each record carries an `incarnation` (the SQS message id that created it),
+//! tagged on what its deliveries create, so that a request made anew under an id never takes
+//! the resources of the one before for its own.
 //!
 //! The lease lasts `lease` past its last renewal. A delivery renews it every third of the lease
 //! for as long as it works on the request ([`Store::hold`], beside the EC2 calls), not only at
@@ -25,6 +37,32 @@ use fleet::{classify, AwsError};
 use crate::request::VpcRequest;
 
 type Item = HashMap<String, AttributeValue>;
+
+/// How long a request (its Idempotency-Key) lasts from the gateway's receipt: 30 days.
+///
+/// The record must outlive every delivery of the request's message: a delivery that found no
+/// record (or an expired one) would make a new request, and a second VPC. A message lives at
+/// most the vpc-requests queue's retention (4 days), then 14 days in the DLQ (the engine sends
+/// it there anew, so the DLQ's retention starts then), then, redriven (`fleetctl dlq redrive`
+/// sends it anew), 4 days again: 22 days from its receipt. 30 days leaves a week to spare (a
+/// late redrive, clocks), and gives a client a month to retry with the same key. A message
+/// received before the expiry still finds the request after it (until TTL deletes the row), so
+/// only a message redriven after the row was deleted could make a second VPC. (A unit test
+/// checks it against the queue's retention in topology.json.)
+pub const REQUEST_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `expires_at` of a request received at `received_at_ms` (ms since the epoch): s since the
+/// epoch.
+pub fn expires_at(received_at_ms: u64) -> u64 {
+    received_at_ms / 1000 + REQUEST_TTL.as_secs()
+}
+
+/// Whether a record expiring at `expires_at` (s) is expired for a message received at
+/// `received_at_ms` (from `expires_at` on, as for `GET`). A record without `expires_at` (written
+/// before requests expired) never is.
+pub fn expired(expires_at: Option<u64>, received_at_ms: u64) -> bool {
+    expires_at.is_some_and(|e| e <= received_at_ms / 1000)
+}
 
 /// The statuses.
 pub mod status {
@@ -49,6 +87,11 @@ pub struct Record {
     pub vpc_id: Option<String>,
     /// Each subnet's id, once created (by position in the request).
     pub subnet_ids: Vec<Option<String>>,
+    /// When the request expires, s since the epoch (none on records older than expiry).
+    pub expires_at: Option<u64>,
+    /// Which request made under this id (the SQS message id that created the record; none on
+    /// records older than incarnations): tagged on its resources, looked up with them.
+    pub incarnation: Option<String>,
 }
 
 impl Record {
@@ -72,6 +115,11 @@ impl Record {
             body_sha256: s("body_sha256").unwrap_or_default(),
             vpc_id: s("vpc_id"),
             subnet_ids,
+            expires_at: item
+                .get("expires_at")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok()),
+            incarnation: s("incarnation"),
         }
     }
 
@@ -92,6 +140,16 @@ pub enum StoreError {
     LeaseLost,
 }
 
+/// What recording a request gave.
+#[derive(Debug)]
+pub enum Inserted {
+    /// The record of the request: new, or there already (compare its `body_sha256`).
+    Record(Record),
+    /// The record under this id is expired, so the message is a new request, but a delivery
+    /// of the old one still holds its lease: the new one waits until it is given up or expires.
+    ExpiredBusy,
+}
+
 /// What claiming a request gave.
 #[derive(Debug)]
 pub enum Claim {
@@ -102,6 +160,9 @@ pub enum Claim {
     Busy,
     /// The request is finished.
     Finished,
+    /// The record under this id is another request's now (the one this delivery recorded
+    /// expired meanwhile, and another message made a new request): come back to find out.
+    Replaced,
 }
 
 /// Where a new request comes from.
@@ -161,7 +222,9 @@ impl Store {
             .key("request_id", Self::key(request_id))
     }
 
-    /// Records a new request as `QUEUED`, or returns the record already there.
+    /// Records a new request as `QUEUED`, or returns the record already there. A record that
+    /// expired before the message was received is no longer there: it is replaced (unless a
+    /// delivery still holds its lease), whether or not TTL has deleted it yet.
     ///
     /// # Errors
     /// The classified DynamoDB error.
@@ -171,7 +234,7 @@ impl Store {
         request: &VpcRequest,
         body_sha256: &str,
         origin: &Origin<'_>,
-    ) -> Result<Record, AwsError> {
+    ) -> Result<Inserted, AwsError> {
         let subnets = request
             .subnets
             .iter()
@@ -187,6 +250,7 @@ impl Store {
             })
             .collect();
         let now = now_ms();
+        let expires = expires_at(origin.received_at_ms);
         let put = self
             .client
             .put_item()
@@ -201,20 +265,36 @@ impl Store {
             .item("vpc_cidr", s(&request.vpc.cidr))
             .item("subnets", AttributeValue::L(subnets))
             .item("message_id", s(origin.message_id))
-            .condition_expression("attribute_not_exists(request_id)")
+            .item("incarnation", s(origin.message_id))
+            .item("expires_at", n(expires))
+            // Absent, or expired when this message was received and held by no delivery (a
+            // finished request has no lease_owner; a crashed delivery's lease_until passes).
+            .condition_expression(
+                "attribute_not_exists(request_id) OR (expires_at <= :received AND \
+                 (attribute_not_exists(lease_owner) OR lease_until < :now))",
+            )
+            .expression_attribute_values(":received", n(origin.received_at_ms / 1000))
+            .expression_attribute_values(":now", n(now))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match put {
-            Ok(_) => Ok(Record {
+            Ok(_) => Ok(Inserted::Record(Record {
                 status: status::QUEUED.into(),
                 body_sha256: body_sha256.into(),
                 vpc_id: None,
                 subnet_ids: vec![None; request.subnets.len()],
-            }),
+                expires_at: Some(expires),
+                incarnation: Some(origin.message_id.to_owned()),
+            })),
             Err(err) => match err.as_service_error() {
                 Some(PutItemError::ConditionalCheckFailedException(failed)) => {
-                    Ok(failed.item().map(Record::from_item).unwrap_or_default())
+                    let record = failed.item().map(Record::from_item).unwrap_or_default();
+                    Ok(if expired(record.expires_at, origin.received_at_ms) {
+                        Inserted::ExpiredBusy
+                    } else {
+                        Inserted::Record(record)
+                    })
                 }
                 _ => Err(classify(&err)),
             },
@@ -245,6 +325,7 @@ impl Store {
             .item("status", s(status::FAILED))
             .item("reason", s(reason))
             .item("subnets", AttributeValue::L(Vec::new()))
+            .item("expires_at", n(expires_at(origin.received_at_ms)))
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -252,11 +333,17 @@ impl Store {
     }
 
     /// Takes the lease for `owner` (a delivery) if nobody holds an unexpired one, and marks the
-    /// request `IN_PROGRESS`.
+    /// request `IN_PROGRESS`; only on the request with the body hash `body_sha256` (the one the
+    /// delivery recorded, not one made anew under the id since).
     ///
     /// # Errors
     /// The classified DynamoDB error.
-    pub async fn claim(&self, request_id: &str, owner: &str) -> Result<Claim, AwsError> {
+    pub async fn claim(
+        &self,
+        request_id: &str,
+        owner: &str,
+        body_sha256: &str,
+    ) -> Result<Claim, AwsError> {
         let now = now_ms();
         let out = self
             .update(request_id)
@@ -265,10 +352,11 @@ impl Store {
                  started_at = if_not_exists(started_at, :now), updated_at = :now",
             )
             .condition_expression(
-                "#status IN (:queued, :progress) AND \
+                "#status IN (:queued, :progress) AND body_sha256 = :hash AND \
                  (attribute_not_exists(lease_until) OR lease_until < :now OR lease_owner = :me)",
             )
             .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":hash", s(body_sha256))
             .expression_attribute_values(":progress", s(status::IN_PROGRESS))
             .expression_attribute_values(":queued", s(status::QUEUED))
             .expression_attribute_values(":me", s(owner))
@@ -286,7 +374,9 @@ impl Store {
             )),
             Err(err) if failed_condition(&err) => {
                 let record = self.get(request_id).await?;
-                Ok(if record.finished() {
+                Ok(if record.body_sha256 != body_sha256 {
+                    Claim::Replaced
+                } else if record.finished() {
                     Claim::Finished
                 } else {
                     Claim::Busy
@@ -505,5 +595,49 @@ impl Store {
                 tracing::warn!(error = %classify(&err), "cannot release the lease; it expires by itself");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest a message of `queue` can live (topology.json).
+    fn longest_life(queue: &str) -> u64 {
+        fleet::topology::Topology::builtin().queues[queue].longest_message_life_secs()
+    }
+
+    #[test]
+    fn a_request_outlives_every_delivery_of_its_message() {
+        assert_eq!(longest_life("vpc-requests"), 22 * 24 * 3600);
+        assert!(REQUEST_TTL.as_secs() >= longest_life("vpc-requests"));
+    }
+
+    #[test]
+    fn a_request_expires_30_days_after_its_receipt_in_seconds() {
+        assert_eq!(expires_at(1_000_999), 1_000 + 30 * 24 * 3600);
+    }
+
+    #[test]
+    fn a_record_is_expired_for_a_message_received_from_expires_at_on() {
+        let e = expires_at(5_000);
+        assert!(!expired(Some(e), 5_000));
+        assert!(!expired(Some(e), e * 1000 - 1), "received just before");
+        assert!(expired(Some(e), e * 1000), "received at expires_at");
+        assert!(expired(Some(e), e * 1000 + 86_400_000));
+        assert!(!expired(None, u64::MAX), "older records never expire");
+    }
+
+    #[test]
+    fn a_record_reads_its_expiry_and_incarnation() {
+        let item = Item::from([
+            ("status".to_owned(), s(status::SUCCEEDED)),
+            ("expires_at".to_owned(), n(42)),
+            ("incarnation".to_owned(), s("m-1")),
+        ]);
+        let record = Record::from_item(&item);
+        assert_eq!(record.expires_at, Some(42));
+        assert_eq!(record.incarnation.as_deref(), Some("m-1"));
+        assert_eq!(Record::from_item(&Item::new()).incarnation, None);
     }
 }
