@@ -5,13 +5,21 @@ data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}
 data "aws_partition" "current" {}
 
+# What this deployment runs of the topology: every queue, the workers it deploys (the built-in
+# approver unless approval_service = "external"), and the check that every queue has a consumer.
+module "topology" {
+  source            = "./modules/topology"
+  topology          = local.topology
+  external_services = var.approval_service == "external" ? ["approval_service"] : []
+}
+
 locals {
   topology = jsondecode(file("${path.module}/../topology.json"))
   prefix   = "${var.project}-${var.environment}-"
 
-  queues  = local.topology.queues
+  queues  = module.topology.queues
   tables  = local.topology.tables
-  workers = local.topology.workers
+  workers = module.topology.workers
 
   # "queue:NAME" / "table:NAME" references of the topology, resolved to deployed names.
   names = merge(
@@ -39,6 +47,54 @@ resource "aws_kms_alias" "fleet" {
   target_key_id = aws_kms_key.fleet.key_id
 }
 
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  region     = data.aws_region.current.name
+  partition  = data.aws_partition.current.partition
+  # AWS services that use the key on the fleet's behalf (not through a caller's role), each only
+  # for this account's resources (aws:SourceAccount, aws:SourceArn: no confused deputy) and only
+  # with the operations it needs.
+  kms_service_grants = {
+    # Log groups (workers, API access logs, WAF logs). CloudWatch Logs puts the log group's ARN
+    # in the encryption context, the documented condition for this key; the source conditions
+    # apply where Logs sends them.
+    CloudWatchLogs = {
+      service = "logs.${local.region}.amazonaws.com"
+      actions = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+      source  = "IfExists"
+      extra = [{
+        test     = "ArnLike"
+        variable = "kms:EncryptionContext:aws:logs:arn"
+        values   = ["arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:*"]
+      }]
+      source_arns = ["arn:${local.partition}:logs:${local.region}:${local.account_id}:*"]
+    }
+    # Alarms publish to the encrypted alarms topic.
+    CloudWatchAlarms = {
+      service     = "cloudwatch.amazonaws.com"
+      actions     = ["kms:Decrypt", "kms:GenerateDataKey*"]
+      source      = ""
+      extra       = []
+      source_arns = ["arn:${local.partition}:cloudwatch:${local.region}:${local.account_id}:alarm:*"]
+    }
+    # Topics deliver to encrypted queues (e.g. a notifications subscription on SQS).
+    SnsTopics = {
+      service     = "sns.amazonaws.com"
+      actions     = ["kms:Decrypt", "kms:GenerateDataKey*"]
+      source      = ""
+      extra       = []
+      source_arns = ["arn:${local.partition}:sns:${local.region}:${local.account_id}:*"]
+    }
+    SqsQueues = {
+      service     = "sqs.amazonaws.com"
+      actions     = ["kms:Decrypt", "kms:GenerateDataKey*"]
+      source      = ""
+      extra       = []
+      source_arns = ["arn:${local.partition}:sqs:${local.region}:${local.account_id}:*"]
+    }
+  }
+}
+
 data "aws_iam_policy_document" "kms" {
   #checkov:skip=CKV_AWS_111:In a key policy, resource "*" is the key itself; the account delegates to IAM policies, which name the key.
   #checkov:skip=CKV_AWS_356:In a key policy, resource "*" is the key itself.
@@ -49,21 +105,56 @@ data "aws_iam_policy_document" "kms" {
     resources = ["*"]
     principals {
       type        = "AWS"
-      identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
     }
   }
-  statement {
-    sid       = "ServicesEncryptForTheFleet"
-    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
-    resources = ["*"]
-    principals {
-      type = "Service"
-      identifiers = [
-        "logs.${data.aws_region.current.name}.amazonaws.com",
-        "cloudwatch.amazonaws.com",
-        "sns.amazonaws.com",
-        "sqs.amazonaws.com",
-      ]
+  dynamic "statement" {
+    for_each = local.kms_service_grants
+    content {
+      sid       = statement.key
+      actions   = statement.value.actions
+      resources = ["*"]
+      principals {
+        type        = "Service"
+        identifiers = [statement.value.service]
+      }
+      condition {
+        test     = "StringEquals${statement.value.source}"
+        variable = "aws:SourceAccount"
+        values   = [local.account_id]
+      }
+      condition {
+        test     = "ArnLike${statement.value.source}"
+        variable = "aws:SourceArn"
+        values   = statement.value.source_arns
+      }
+      dynamic "condition" {
+        for_each = statement.value.extra
+        content {
+          test     = condition.value.test
+          variable = condition.value.variable
+          values   = condition.value.values
+        }
+      }
+    }
+  }
+  # A real approval service in another account (approval_service = "external" with
+  # approval_service_principal_arns) reads and answers on the encrypted approval queues.
+  dynamic "statement" {
+    for_each = length(local.approval_external_principals) > 0 ? [1] : []
+    content {
+      sid       = "ExternalApprovalServiceThroughSqs"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = ["*"]
+      principals {
+        type        = "AWS"
+        identifiers = local.approval_external_principals
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["sqs.${local.region}.amazonaws.com"]
+      }
     }
   }
 }

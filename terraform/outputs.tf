@@ -78,3 +78,23 @@ output "cognito_client_id" {
   description = "The app client that issues the API's tokens (null without a user pool)."
   value       = one(aws_cognito_user_pool_client.api[*].id)
 }
+
+output "approval_integration" {
+  description = "The approval step: which service decides (approval_service), the built-in approver's worker when it runs, and the integration point of a real approval service: it consumes requests_queue_url (FIFO, one group per post: {\"post_id\", \"title\", \"body\", \"author\"}) and answers {\"post_id\", \"decision\": \"APPROVED\" | \"REJECTED\", \"reason\"?} on responses_queue_url; iam_policy_json is what its role needs (docs/deploy.md)."
+  value = {
+    approval_service    = var.approval_service
+    approver_worker     = local.approval_external ? null : local.approver
+    requests_queue_url  = module.queue[local.approval_requests_queue].url
+    requests_queue_arn  = module.queue[local.approval_requests_queue].arn
+    requests_dlq_url    = module.queue[local.approval_requests_queue].dlq_url
+    responses_queue_url = module.queue[local.approval_responses_queue].url
+    responses_queue_arn = module.queue[local.approval_responses_queue].arn
+    kms_key_arn         = aws_kms_key.fleet.arn
+    iam_policy_json     = data.aws_iam_policy_document.approval_service.json
+  }
+}
+
+output "queue_consumers" {
+  description = "Who consumes each queue in this deployment: workers by topology name, external:<service> for an external service (every queue has one; module.topology checks it)."
+  value       = module.topology.queue_consumers
+}

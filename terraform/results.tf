@@ -30,12 +30,19 @@ resource "aws_s3_bucket_versioning" "results" {
   }
 }
 
+locals {
+  # The bucket's customer-managed key: its default encryption, and what order-results-worker
+  # requests explicitly (RESULTS_KMS_KEY_ID, workers.tf). Without the variable the worker sends
+  # no encryption header and the default applies; it never asks for SSE-S3.
+  results_kms_key_arn = aws_kms_key.fleet.arn
+}
+
 resource "aws_s3_bucket_server_side_encryption_configuration" "results" {
   bucket = aws_s3_bucket.results.id
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.fleet.arn
+      kms_master_key_id = local.results_kms_key_arn
     }
     bucket_key_enabled = true
   }

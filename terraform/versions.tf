@@ -1,5 +1,7 @@
 terraform {
-  required_version = ">= 1.5"
+  # 1.9: input validations that refer to other variables (vpc_id and subnets with
+  # workers_enabled) and to the topology.
+  required_version = ">= 1.9"
   required_providers {
     aws = {
       source  = "hashicorp/aws"

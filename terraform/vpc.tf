@@ -3,12 +3,10 @@
 
 locals {
   vpc_project_tag = "${var.project}-${var.environment}"
-  # What vpc-worker needs beyond the topology's references (read in workers.tf).
+  # What vpc-worker needs beyond the topology's references (read in workers.tf; its
+  # VPC_PROJECT_TAG is set there from vpc_project_tag).
   worker_extra_policies = {
     "vpc-worker" = data.aws_iam_policy_document.vpc_provisioning.json
-  }
-  worker_extra_environment = {
-    "vpc-worker" = { VPC_PROJECT_TAG = local.vpc_project_tag }
   }
   ec2_arn = "arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}"
 }

@@ -1,8 +1,18 @@
 # The workers: one ECR repository and one Fargate service per worker of the topology.
 
 locals {
+  # What a worker needs from this configuration beyond the topology's references, by worker.
+  worker_extra_environment = {
+    "vpc-worker" = { VPC_PROJECT_TAG = local.vpc_project_tag }
+    # The bucket's own customer-managed key, so result objects are SSE-KMS with it.
+    "order-results-worker" = { RESULTS_KMS_KEY_ID = local.results_kms_key_arn }
+    # The built-in approver's rules (approval.tf).
+    "approval-simulator" = local.approver_environment
+  }
+
   worker_settings = {
-    # Workers marked local_only (stand-ins for external services) are not deployed.
+    # The workers this deployment runs (module.topology: not local-only stand-ins, not the
+    # approver when an external approval service replaces it).
     for name, w in local.workers : name => {
       queue   = w.queue
       scaling = w.scaling
@@ -34,7 +44,7 @@ locals {
       memory    = coalesce(try(var.worker_overrides[name].memory, null), 512)
       min_tasks = coalesce(try(var.worker_overrides[name].min_tasks, null), w.scaling.min_tasks)
       max_tasks = coalesce(try(var.worker_overrides[name].max_tasks, null), w.scaling.max_tasks)
-    } if !try(w.local_only, false)
+    }
   }
 }
 

@@ -130,14 +130,14 @@ fn render_with_provisioner(
         .arg(Value::Object(vars.clone()).to_string()))
 }
 
-/// The one definition of the caller's owner id (`api-gateway-mappings/owner.json`, beside the
-/// document): a VTL statement that sets `$owner`, which both renderers substitute for
+/// The one definition of the caller's owner id (`api-gateway-mappings/fragments.json`, beside
+/// the document): a VTL statement that sets `$owner`, which both renderers substitute for
 /// `${set_owner}`.
 fn owner_definition(document: &Path) -> Result<String> {
     let path = document
         .parent()
         .context("the document's folder")?
-        .join("owner.json");
+        .join("fragments.json");
     let owner: Value = serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
     )?;
@@ -406,5 +406,252 @@ fn with_a_user_pool_the_owner_is_the_jwt_sub_and_else_the_api_key_id() -> Result
     assert_eq!(owners["both"], "[5f0c-user-sub]", "Cognito's sub wins");
     assert_eq!(owners["api key only"], "[key123]", "else the API key id");
     assert_eq!(owners["no claims"], "[key123]");
+    Ok(())
+}
+
+/// Applies a scratch configuration (no provider, nothing created) that calls `module` (a
+/// folder under `terraform/modules`) as `module "m"` with `arguments` (HCL), the variables
+/// `vars` (JSON) declared as `any`, and returns `terraform output -json`. An error carries
+/// Terraform's message (e.g. a failed precondition).
+fn apply_scratch_module(
+    module: &str,
+    arguments: &str,
+    outputs: &[&str],
+    vars: &serde_json::Map<String, Value>,
+) -> Result<Value> {
+    let dir = std::env::temp_dir().join(format!("fleet-tf-module-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir)?;
+    let module_dir = root().join("terraform/modules").join(module);
+    let up = "../".repeat(dir.components().count() - 1);
+    let source = format!(
+        "{up}{}",
+        module_dir
+            .strip_prefix("/")
+            .context("an absolute path")?
+            .display()
+    );
+    let mut main = String::new();
+    for name in vars.keys() {
+        main.push_str(&format!("variable \"{name}\" {{ type = any }}\n"));
+    }
+    main.push_str(&format!(
+        "module \"m\" {{\n  source = \"{source}\"\n{arguments}\n}}\n"
+    ));
+    for output in outputs {
+        main.push_str(&format!(
+            "output \"{output}\" {{ value = module.m.{output} }}\n"
+        ));
+    }
+    std::fs::write(dir.join("main.tf"), main)?;
+    std::fs::write(
+        dir.join("terraform.tfvars.json"),
+        Value::Object(vars.clone()).to_string(),
+    )?;
+    let tf = |args: &[&str]| {
+        let mut command = Command::new("terraform");
+        command
+            .arg(format!("-chdir={}", dir.display()))
+            .args(args)
+            .env("TF_CLI_CONFIG_FILE", "/dev/null")
+            .env("TF_IN_AUTOMATION", "1");
+        command
+    };
+    let result = (|| {
+        run(&mut tf(&["init", "-input=false", "-backend=false"]))?;
+        run(&mut tf(&[
+            "apply",
+            "-input=false",
+            "-auto-approve",
+            "-no-color",
+            "-state=scratch.tfstate",
+        ]))?;
+        let out = run(&mut tf(&["output", "-state=scratch.tfstate", "-json"]))?;
+        Ok(serde_json::from_str::<Value>(&out)?)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// What the root configuration deploys of `topology` (`terraform/modules/topology`, which
+/// `terraform/main.tf` creates the queues from and `workers.tf` deploys the workers from), with
+/// `approval_service` as the root variable sets it: `external_services` is
+/// `["approval_service"]` for `"external"`, empty for `"builtin"`.
+fn deployment_on_aws(topology: &Value, approval_service: &str) -> Result<Value> {
+    let mut vars = serde_json::Map::new();
+    vars.insert("topology".into(), topology.clone());
+    vars.insert(
+        "external".into(),
+        if approval_service == "external" {
+            serde_json::json!(["approval_service"])
+        } else {
+            serde_json::json!([])
+        },
+    );
+    apply_scratch_module(
+        "topology",
+        "  topology          = var.topology\n  external_services = var.external",
+        &["queues", "workers", "external_services", "queue_consumers"],
+        &vars,
+    )
+}
+
+/// Queue name → the worker that consumes it on the local stack: `localstack/provision.py`
+/// creates every queue of the topology and computes each worker's environment
+/// (`FLEET_QUEUE_URL`); `scripts/run-local` and the tests start every worker it returns.
+fn consumers_on_the_local_stack(topology: &Value) -> Result<(Vec<String>, Value)> {
+    let script = r#"
+import json, sys, provision
+topology = json.loads(sys.argv[1])
+queues = {k: {"url": "local:" + k, "dlq_url": "local-dlq:" + k} for k in topology["queues"]}
+tables = {k: "t-" + k for k in topology["tables"]}
+topics = {k: "arn:topic:" + k for k in topology.get("topics", {})}
+buckets = {k: "b-" + k for k in topology.get("buckets", {})}
+workers = provision.worker_env(topology, queues, tables, topics, buckets)
+print(json.dumps({"queues": sorted(queues), "workers": {w: env["FLEET_QUEUE_URL"] for w, env in workers.items()}}))
+"#;
+    let out: Value = serde_json::from_str(&run(Command::new(python())
+        .current_dir(root().join("localstack"))
+        .args(["-c", script])
+        .arg(topology.to_string()))?)?;
+    let queues = out["queues"]
+        .as_array()
+        .context("queues")?
+        .iter()
+        .map(|q| q.as_str().unwrap_or_default().to_owned())
+        .collect();
+    Ok((queues, out["workers"].clone()))
+}
+
+#[test]
+fn every_queue_has_a_consumer_locally_and_on_aws() -> Result<()> {
+    let topology: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("topology.json"))?)?;
+    let queues: Vec<&String> = topology["queues"]
+        .as_object()
+        .context("queues")?
+        .keys()
+        .collect();
+
+    // The local stack: every queue provisioned, every worker started on its queue.
+    let (local_queues, local_workers) = consumers_on_the_local_stack(&topology)?;
+    assert_eq!(
+        local_queues.iter().collect::<Vec<_>>(),
+        queues,
+        "the local stack provisions every queue"
+    );
+    for queue in &local_queues {
+        let consumers: Vec<&String> = local_workers
+            .as_object()
+            .context("workers")?
+            .iter()
+            .filter(|(_, url)| url.as_str() == Some(&format!("local:{queue}")))
+            .map(|(w, _)| w)
+            .collect();
+        assert!(
+            !consumers.is_empty(),
+            "locally nothing consumes queue {queue}"
+        );
+    }
+    let run_local = std::fs::read_to_string(root().join("scripts/run-local"))?;
+    assert!(
+        run_local.contains(r#"for worker, env in p["workers"].items():"#),
+        "scripts/run-local starts every worker the provisioner returns"
+    );
+
+    if !terraform_available()? {
+        return Ok(());
+    }
+    // AWS, with either approval service: what Terraform creates and deploys.
+    for approval_service in ["builtin", "external"] {
+        let out = deployment_on_aws(&topology, approval_service)?;
+        let created: Vec<&String> = out["queues"]["value"]
+            .as_object()
+            .context("queues")?
+            .keys()
+            .collect();
+        assert_eq!(created, queues, "Terraform creates every queue");
+        let workers = out["workers"]["value"].as_object().context("workers")?;
+        let external = out["external_services"]["value"]
+            .as_object()
+            .context("external_services")?;
+        for queue in &created {
+            let by_worker = workers
+                .values()
+                .any(|w| w["queue"].as_str() == Some(queue.as_str()));
+            let by_service = external
+                .values()
+                .any(|e| e["consumes"].as_str() == Some(queue.as_str()));
+            assert!(
+                by_worker || by_service,
+                "{approval_service}: nothing consumes queue {queue} on AWS"
+            );
+            assert!(
+                !out["queue_consumers"]["value"][queue.as_str()]
+                    .as_array()
+                    .context("consumers")?
+                    .is_empty(),
+                "{approval_service}: the module's own account of {queue}"
+            );
+        }
+        match approval_service {
+            "builtin" => {
+                assert!(
+                    workers.contains_key("approval-simulator"),
+                    "the approver is deployed"
+                );
+                assert!(external.is_empty());
+            }
+            _ => {
+                assert!(
+                    !workers.contains_key("approval-simulator"),
+                    "no approver task with an external approval service"
+                );
+                let service = &external["approval_service"];
+                assert_eq!(service["replaces"], "approval-simulator");
+                assert_eq!(service["consumes"], "approval-requests");
+                assert_eq!(
+                    service["sends_to"],
+                    serde_json::json!(["approval-responses"])
+                );
+            }
+        }
+        // Every other worker of the topology is deployed in both cases.
+        for name in topology["workers"].as_object().context("workers")?.keys() {
+            if name != "approval-simulator" {
+                assert!(workers.contains_key(name), "{approval_service}: {name}");
+            }
+        }
+    }
+
+    // The check runs in every plan: a queue nobody consumes fails it, naming the queue.
+    let mut orphaned = topology.clone();
+    orphaned["queues"]["orphans"] = orphaned["queues"]["payments"].clone();
+    let failure = deployment_on_aws(&orphaned, "builtin")
+        .err()
+        .context("a queue without a consumer must fail the plan")?;
+    assert!(
+        format!("{failure:#}").contains("Queues without a consumer in this deployment")
+            && format!("{failure:#}").contains("orphans"),
+        "{failure:#}"
+    );
+
+    // The root configuration creates the queues and deploys the workers from the module.
+    let main = std::fs::read_to_string(root().join("terraform/main.tf"))?;
+    assert!(main.contains("source            = \"./modules/topology\""));
+    assert!(main.contains("queues  = module.topology.queues"));
+    assert!(main.contains("workers = module.topology.workers"));
+    assert!(main.contains("for_each = local.queues"));
+    let workers_tf = std::fs::read_to_string(root().join("terraform/workers.tf"))?;
+    assert!(workers_tf.contains("for name, w in local.workers : name => {"));
+    assert!(workers_tf.contains("for_each = var.workers_enabled ? local.worker_settings : {}"));
+    // Only LocalStack's configuration (whose workers run locally) turns the ECS part off.
+    for env in ["dev", "prod"] {
+        let tfvars =
+            std::fs::read_to_string(root().join(format!("terraform/environments/{env}.tfvars")))?;
+        assert!(
+            !tfvars.contains("workers_enabled"),
+            "{env} deploys the workers"
+        );
+    }
     Ok(())
 }

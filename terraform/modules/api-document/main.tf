@@ -4,11 +4,12 @@
 # that requires an API key. No provider: pure functions of the inputs.
 
 locals {
-  # ${set_owner}: the one definition of the caller's owner id, owner.json beside the document
-  # (provision.py reads the same file). With the Cognito authorizer it yields the JWT's sub,
-  # without it the API key id: the same VTL serves both (docs/security.md).
-  owner    = jsondecode(file("${dirname(var.document_path)}/owner.json"))
-  rendered = templatefile(var.document_path, merge(var.template_vars, { set_owner = trimspace(local.owner.set_owner) }))
+  # The template fragments every mapping template shares, fragments.json beside the document
+  # (provision.py reads the same file): ${set_owner}, the one definition of the caller's owner
+  # id (with the Cognito authorizer the JWT's sub, without it the API key id: the same VTL
+  # serves both, docs/security.md), and the body-size guard of the write routes.
+  fragments = { for k, v in jsondecode(file("${dirname(var.document_path)}/fragments.json")) : k => trimspace(v) if k != "//" }
+  rendered  = templatefile(var.document_path, merge(var.template_vars, local.fragments))
   cognito  = length(var.cognito_user_pool_arns) > 0
 
   cognito_scheme = jsonencode({

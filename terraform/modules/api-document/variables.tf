@@ -4,7 +4,7 @@ variable "document_path" {
 }
 
 variable "template_vars" {
-  description = "Values of every placeholder of the document (region, account_id, api_role_arn, queue and table names) but set_owner, which the module reads from owner.json beside the document."
+  description = "Values of every placeholder of the document (region, account_id, api_role_arn, queue and table names) but the shared template fragments (set_owner, ...), which the module reads from fragments.json beside the document."
   type        = map(string)
 }
 

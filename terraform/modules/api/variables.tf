@@ -65,7 +65,7 @@ variable "log_retention_days" {
 }
 
 variable "waf_enabled" {
-  description = "Put a WAFv2 web ACL (AWS managed common rules and a per-IP rate limit) in front of the stage."
+  description = "Put a WAFv2 web ACL in front of the stage: AWS managed common, known-bad-inputs and SQL-injection rules, the 8 KB body limit outside waf_large_body_routes, a per-IP rate limit."
   type        = bool
   default     = false
 }
@@ -74,6 +74,22 @@ variable "waf_rate_limit" {
   description = "Requests per 5 minutes from one IP address before WAF blocks it (when waf_enabled)."
   type        = number
   default     = 2000
+
+  validation {
+    condition     = var.waf_rate_limit >= 10 && var.waf_rate_limit <= 2000000000
+    error_message = "waf_rate_limit: 10 to 2,000,000,000 requests per 5 minutes (WAF's bounds)."
+  }
+}
+
+variable "waf_large_body_routes" {
+  description = "Last path segments of the routes whose bodies may exceed 8 KB (the common rule set's SizeRestrictions_BODY): POST /posts (10,000 characters) and POST /orders (100 records). Every other route keeps the 8 KB limit."
+  type        = list(string)
+  default     = ["posts", "orders"]
+
+  validation {
+    condition     = length(var.waf_large_body_routes) > 0 && alltrue([for r in var.waf_large_body_routes : can(regex("^[A-Za-z0-9_-]+$", r))])
+    error_message = "waf_large_body_routes: at least one path segment of A-Z a-z 0-9 _ -."
+  }
 }
 
 variable "tags" {

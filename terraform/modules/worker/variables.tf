@@ -74,11 +74,21 @@ variable "kms_key_arn" {
 variable "subnet_ids" {
   description = "Private subnets of the tasks (they reach AWS through NAT or VPC endpoints)."
   type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) > 0
+    error_message = "subnet_ids: a Fargate service needs at least one subnet."
+  }
 }
 
 variable "security_group_ids" {
   description = "Security groups of the tasks."
   type        = list(string)
+
+  validation {
+    condition     = length(var.security_group_ids) > 0
+    error_message = "security_group_ids: at least one security group."
+  }
 }
 
 variable "shutdown_grace_seconds" {
@@ -97,12 +107,22 @@ variable "min_tasks" {
   description = "Fewest tasks; 0 lets the service scale to zero on an empty queue (a step policy brings it back to one)."
   type        = number
   default     = 1
+
+  validation {
+    condition     = var.min_tasks >= 0
+    error_message = "min_tasks must be 0 or more."
+  }
 }
 
 variable "max_tasks" {
   description = "Most tasks."
   type        = number
   default     = 10
+
+  validation {
+    condition     = var.max_tasks >= 1
+    error_message = "max_tasks must be at least 1."
+  }
 }
 
 variable "target_backlog_per_task" {

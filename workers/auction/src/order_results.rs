@@ -2,8 +2,11 @@
 //!
 //! Each message is one order's result in an auction cycle, `{"cycle", "record_id",
 //! "status": "accepted" | "rejected", "reason"?, ...}`:
-//! - accepted → written to S3 as `results/{cycle}/{record_id}.json` (server-side encryption
-//!   requested); writing it again on a redelivery writes the same object;
+//! - accepted → written to S3 as `results/{cycle}/{record_id}.json`, encrypted with the KMS key
+//!   `RESULTS_KMS_KEY_ID` when one is set (Terraform sets the bucket's key), else by the
+//!   bucket's default encryption (no encryption header is sent, so a bucket whose default is
+//!   SSE-KMS with its customer-managed key is never downgraded to SSE-S3); writing it again on a
+//!   redelivery writes the same object;
 //! - rejected → an error, notified on the SNS topic (chat-ready: `text` plus `cycle`,
 //!   `record_id`, `reason`; message attributes `event`, `cycle` for subscription filters) and the
 //!   message is finished, not retried. Exactly one notification per rejected order
@@ -34,7 +37,8 @@ pub struct Config {
     /// The bucket for accepted results.
     #[arg(long, env = "RESULTS_BUCKET", value_name = "BUCKET")]
     pub bucket: String,
-    /// KMS key for the result objects (SSE-KMS); without one, SSE-S3 (AES256).
+    /// KMS key for the result objects (SSE-KMS: key id, ARN or alias); without one, no
+    /// encryption header is sent and the bucket's default encryption applies.
     #[arg(long, env = "RESULTS_KMS_KEY_ID", value_name = "KEY")]
     pub kms_key_id: Option<String>,
     /// Where notifications go.
@@ -117,8 +121,8 @@ pub struct OrderResultsHandler {
 }
 
 impl OrderResultsHandler {
-    /// A handler writing to `bucket` (SSE-KMS with `kms_key_id`, else SSE-S3), counting
-    /// `results_stored`.
+    /// A handler writing to `bucket` (SSE-KMS with `kms_key_id`, else the bucket's default
+    /// encryption), counting `results_stored`.
     pub fn new(
         s3: aws_sdk_s3::Client,
         bucket: String,
@@ -136,19 +140,13 @@ impl OrderResultsHandler {
     }
 
     async fn store(&self, result: &OrderResult, body: &str) -> Outcome {
-        let mut put = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(result.object_key())
-            .content_type("application/json")
-            .body(ByteStream::from(body.as_bytes().to_vec()));
-        put = match &self.kms_key_id {
-            Some(key) => put
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .ssekms_key_id(key),
-            None => put.server_side_encryption(ServerSideEncryption::Aes256),
-        };
+        let put = put_result(
+            &self.s3,
+            &self.bucket,
+            self.kms_key_id.as_deref(),
+            &result.object_key(),
+            body,
+        );
         match put.send().await {
             Ok(_) => {
                 Metrics::incr(&self.stored);
@@ -156,6 +154,31 @@ impl OrderResultsHandler {
             }
             Err(err) => classify(&err).into_outcome(),
         }
+    }
+}
+
+/// The `PutObject` of one accepted result: SSE-KMS with `kms_key_id` when given; without it
+/// no server-side-encryption header at all, so S3 applies the bucket's default encryption
+/// (Terraform: SSE-KMS with the fleet's customer-managed key). Never SSE-S3 by request: an
+/// explicit `AES256` would override a bucket default of SSE-KMS.
+pub fn put_result(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    kms_key_id: Option<&str>,
+    key: &str,
+    body: &str,
+) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+    let put = s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/json")
+        .body(ByteStream::from(body.as_bytes().to_vec()));
+    match kms_key_id.filter(|k| !k.trim().is_empty()) {
+        Some(kms_key) => put
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(kms_key),
+        None => put,
     }
 }
 
@@ -193,6 +216,90 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Config::command().debug_assert();
+    }
+
+    /// A request's headers: lower-case name, value.
+    type Headers = Vec<(String, String)>;
+
+    /// Records the headers of every request and stops it before it leaves the process.
+    #[derive(Debug, Default, Clone)]
+    struct CaptureHeaders(Arc<std::sync::Mutex<Vec<Headers>>>);
+
+    impl aws_sdk_s3::config::Intercept for CaptureHeaders {
+        fn name(&self) -> &'static str {
+            "CaptureHeaders"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _components: &aws_sdk_s3::config::RuntimeComponents,
+            _cfg: &mut aws_sdk_s3::config::ConfigBag,
+        ) -> Result<(), aws_sdk_s3::error::BoxError> {
+            let headers = context
+                .request()
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+                .collect();
+            self.0.lock().unwrap().push(headers);
+            Err("captured, not sent".into())
+        }
+    }
+
+    /// The headers of the `PutObject` that [`put_result`] sends for `kms_key_id`.
+    async fn put_headers(kms_key_id: Option<&str>) -> Headers {
+        let capture = CaptureHeaders::default();
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "AKID", "secret", None, None, "test",
+            ))
+            .interceptor(capture.clone())
+            .build();
+        let s3 = aws_sdk_s3::Client::from_conf(config);
+        let sent = put_result(&s3, "results", kms_key_id, "results/c/r.json", "{}")
+            .send()
+            .await;
+        assert!(sent.is_err(), "the interceptor stops the request");
+        let mut requests = capture.0.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1, "one attempt");
+        requests.remove(0)
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test]
+    async fn without_a_key_no_encryption_header_is_sent_so_the_bucket_default_applies() {
+        for none in [None, Some(""), Some("  ")] {
+            let headers = put_headers(none).await;
+            assert!(
+                headers
+                    .iter()
+                    .all(|(k, _)| !k.starts_with("x-amz-server-side-encryption")),
+                "{none:?}: never AES256 by request, no SSE header at all: {headers:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_key_the_object_is_sse_kms_with_that_key() {
+        let key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let headers = put_headers(Some(key)).await;
+        assert_eq!(
+            header(&headers, "x-amz-server-side-encryption"),
+            Some("aws:kms")
+        );
+        assert_eq!(
+            header(&headers, "x-amz-server-side-encryption-aws-kms-key-id"),
+            Some(key)
+        );
     }
 
     #[test]

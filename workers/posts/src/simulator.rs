@@ -1,5 +1,7 @@
-//! `approval-simulator`: a stand-in for the external approval service on the local stack and
-//! in tests. It answers each request on the responses queue after a delay, by a policy.
+//! `approval-simulator`: the built-in approver. It answers each approval request on the
+//! responses queue after a delay, by a policy (rules). It runs on the local stack, in the tests
+//! and, unless Terraform's `approval_service = "external"` plugs a real approval service in
+//! its place, in every deployed environment (docs/deploy.md).
 
 use std::str::FromStr;
 use std::sync::Mutex;

@@ -1,4 +1,5 @@
-//! `approval-simulator`: the approval service's stand-in for the local stack and the tests.
+//! `approval-simulator`: the built-in approver (local stack, tests, and every Terraform
+//! environment with `approval_service = "builtin"`, the default; docs/deploy.md).
 
 use clap::Parser;
 use fleet::worker::WorkerArgs;
@@ -12,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "approval-simulator",
     version,
-    about = "Answers approval requests like the external approval service"
+    about = "The built-in approver: answers approval requests by a policy, like an approval service"
 )]
 struct Config {
     /// Where the answers go.
@@ -25,7 +26,8 @@ struct Config {
         default_value = "reject-words:spam,scam"
     )]
     policy: Policy,
-    /// Seconds before an answer is visible (0-900).
+    /// Seconds before an answer is visible (0-900; Terraform sets approval_delay_secs, 0 by
+    /// default).
     #[arg(long, env = "APPROVAL_DELAY_SECS", default_value_t = 2,
           value_parser = clap::value_parser!(i32).range(0..=900))]
     delay_secs: i32,
