@@ -59,9 +59,9 @@ output "results_bucket" {
   value       = aws_s3_bucket.results.bucket
 }
 
-output "ecr_repositories" {
-  description = "ECR repository URLs by worker (push images tagged with image_tag)."
-  value       = { for key, r in aws_ecr_repository.worker : key => r.repository_url }
+output "worker_image_repository" {
+  description = "The ECR repository of the workers' image (push it tagged with image_tag; every worker runs it by its command)."
+  value       = one(aws_ecr_repository.workers[*].repository_url)
 }
 
 output "deploy_role_arn" {

@@ -1,4 +1,4 @@
-# The workers: one ECR repository and one Fargate service per worker of the topology.
+# The workers: one image repository, and one Fargate service per worker of the topology.
 
 locals {
   # What a worker needs from this configuration beyond the topology's references, by worker.
@@ -48,9 +48,11 @@ locals {
   }
 }
 
-resource "aws_ecr_repository" "worker" {
-  for_each             = var.workers_enabled ? local.worker_settings : {}
-  name                 = "${var.project}/${each.key}"
+# One image for every worker (the Dockerfile builds them all; each task's command picks its
+# worker), in one repository per environment: <project>-<environment>-workers.
+resource "aws_ecr_repository" "workers" {
+  count                = var.workers_enabled ? 1 : 0
+  name                 = "${local.prefix}workers"
   image_tag_mutability = "IMMUTABLE"
   force_delete         = var.environment != "prod"
   image_scanning_configuration {
@@ -62,9 +64,9 @@ resource "aws_ecr_repository" "worker" {
   }
 }
 
-resource "aws_ecr_lifecycle_policy" "worker" {
-  for_each   = aws_ecr_repository.worker
-  repository = each.value.name
+resource "aws_ecr_lifecycle_policy" "workers" {
+  count      = length(aws_ecr_repository.workers)
+  repository = aws_ecr_repository.workers[0].name
   policy = jsonencode({
     rules = [{
       rulePriority = 1
@@ -73,6 +75,22 @@ resource "aws_ecr_lifecycle_policy" "worker" {
       action       = { type = "expire" }
     }]
   })
+}
+
+# The per-worker repositories of before (<project>/<worker>, the same in every environment):
+# out of the state, not deleted (they hold the images that ran; delete them by hand).
+removed {
+  from = aws_ecr_lifecycle_policy.worker
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = aws_ecr_repository.worker
+  lifecycle {
+    destroy = false
+  }
 }
 
 resource "aws_ecs_cluster" "fleet" {
@@ -107,7 +125,8 @@ module "worker" {
 
   name        = "${local.prefix}${each.key}"
   cluster_arn = aws_ecs_cluster.fleet[0].arn
-  image       = "${aws_ecr_repository.worker[each.key].repository_url}:${var.image_tag}"
+  image       = "${aws_ecr_repository.workers[0].repository_url}:${var.image_tag}"
+  command     = ["/usr/local/bin/${each.key}"]
   cpu         = each.value.cpu
   memory      = each.value.memory
   environment = each.value.environment

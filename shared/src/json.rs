@@ -144,12 +144,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for Elements<'a> {
 pub struct Decimal {
     negative: bool,
     digits: String,
-    exponent: i64,
+    exponent: i128,
 }
 
 impl Decimal {
     /// Parses a JSON number's text (`-12.50e+3`); `None` for anything else (a string, `1.`,
-    /// `.5`, an exponent beyond ±10^15).
+    /// `.5`, an exponent of more than 36 digits, which no one writes but a validator reading
+    /// doubles lets through as infinity).
     pub fn parse(text: &str) -> Option<Self> {
         let (negative, rest) = match text.strip_prefix('-') {
             Some(rest) => (true, rest),
@@ -162,10 +163,7 @@ impl Decimal {
                 if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
                     return None;
                 }
-                let value: i64 = e
-                    .parse()
-                    .ok()
-                    .filter(|v: &i64| v.abs() < 1_000_000_000_000_000)?;
+                let value: i128 = e.parse().ok().filter(|v: &i128| v.abs() < 10i128.pow(36))?;
                 (&rest[..i], value)
             }
             None => (rest, 0),
@@ -181,7 +179,7 @@ impl Decimal {
         let all = format!("{int}{frac}");
         let digits = all.trim_start_matches('0');
         let significant = digits.trim_end_matches('0');
-        let exponent = exponent - frac.len() as i64 + (digits.len() - significant.len()) as i64;
+        let exponent = exponent - frac.len() as i128 + (digits.len() - significant.len()) as i128;
         Some(Self {
             negative: negative && !significant.is_empty(),
             digits: significant.to_owned(),
@@ -209,7 +207,7 @@ impl Decimal {
         if self.is_zero() {
             return Some(0);
         }
-        if self.exponent < 0 || self.digits.len() as i64 + self.exponent > 18 {
+        if self.exponent < 0 || self.digits.len() as i128 + self.exponent > 18 {
             return None;
         }
         let magnitude: i64 = format!("{}{}", self.digits, "0".repeat(self.exponent as usize))
@@ -225,7 +223,7 @@ impl Decimal {
             return true;
         }
         // The value is 0.d1d2… × 10^magnitude.
-        let magnitude = self.digits.len() as i64 + self.exponent;
+        let magnitude = self.digits.len() as i128 + self.exponent;
         self.digits.len() <= DYNAMODB_MAX_DIGITS && (-129..=126).contains(&magnitude)
     }
 
@@ -250,8 +248,10 @@ pub enum NumberAttribute {
 }
 
 impl fmt::Display for Decimal {
-    /// Plain decimal (`1250`, `0.0001`, `-2.5`) up to 40 places either side of the point, else
-    /// scientific (`1.5e200`): always valid JSON, always the exact value.
+    /// Plain decimal (`1250`, `0.0001`, `-2.5`) for every value a DynamoDB number holds (the
+    /// spelling payload hashes were computed over before this type existed: it must not
+    /// change) and for any within 40 places of the point, scientific (`1.5e200`) for the
+    /// rest: always valid JSON, always the exact value.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_zero() {
             return f.write_str("0");
@@ -260,18 +260,20 @@ impl fmt::Display for Decimal {
             f.write_str("-")?;
         }
         let digits = &self.digits;
-        let magnitude = digits.len() as i64 + self.exponent;
-        if self.exponent >= 0 && magnitude <= 40 {
-            write!(f, "{digits}{}", "0".repeat(self.exponent as usize))
-        } else if self.exponent < 0 && magnitude > 0 {
-            let (a, b) = digits.split_at(magnitude as usize);
-            write!(f, "{a}.{b}")
-        } else if self.exponent < 0 && magnitude > -40 {
-            write!(f, "0.{}{digits}", "0".repeat((-magnitude) as usize))
-        } else {
+        // The value is 0.d1d2… × 10^magnitude; within DynamoDB's range it fits an i64.
+        let magnitude = digits.len() as i128 + self.exponent;
+        if !self.fits_dynamodb() && !(-40..=40).contains(&magnitude) {
             let (first, rest) = digits.split_at(1);
             let point = if rest.is_empty() { "" } else { "." };
-            write!(f, "{first}{point}{rest}e{}", magnitude - 1)
+            return write!(f, "{first}{point}{rest}e{}", magnitude - 1);
+        }
+        if self.exponent >= 0 {
+            write!(f, "{digits}{}", "0".repeat(self.exponent as usize))
+        } else if magnitude > 0 {
+            let (a, b) = digits.split_at(magnitude as usize);
+            write!(f, "{a}.{b}")
+        } else {
+            write!(f, "0.{}{digits}", "0".repeat((-magnitude) as usize))
         }
     }
 }
@@ -304,16 +306,13 @@ mod tests {
             // The text is valid JSON of the same value.
             assert_eq!(Decimal::parse(&d.to_string()), Some(d), "{text}");
         }
-        for bad in [
-            "1.",
-            ".5",
-            "abc",
-            "\"1\"",
-            "1e",
-            "1e+",
-            "+1",
-            "1e1000000000000000000",
-        ] {
+        // Spellings payload hashes were computed over before: plain for every storable value.
+        let plain = |t: &str| Decimal::parse(t).unwrap().to_string();
+        assert_eq!(plain("1e40"), format!("1{}", "0".repeat(40)));
+        assert_eq!(plain("1e-41"), format!("0.{}1", "0".repeat(40)));
+        assert_eq!(plain("1e1000000000000000"), "1e1000000000000000");
+        let huge = format!("1e{}", "9".repeat(37));
+        for bad in ["1.", ".5", "abc", "\"1\"", "1e", "1e+", "+1", &huge] {
             assert_eq!(Decimal::parse(bad), None, "{bad}");
         }
     }

@@ -81,11 +81,15 @@ pub struct QueueSpec {
 }
 
 impl QueueSpec {
-    /// The longest a message of this queue can live, seconds: its retention, then the DLQ's
-    /// (the engine dead-letters a copy, sent anew), then its retention again after a redrive
-    /// (sent anew). A record that dedupes its messages must be kept at least this long.
+    /// The longest a message of this queue can live, seconds, with the engine's default
+    /// settings: in the queue, its retention, then, when its last receive fell in a dependency
+    /// outage, a fresh copy (sent anew: its retention again, the outage lasting up to
+    /// `FLEET_OUTAGE_MAX_SECS`); then the DLQ's retention (the engine dead-letters a copy,
+    /// sent anew); then all of the queue's time again after a redrive (sent anew). A record
+    /// that dedupes its messages must be kept at least this long.
     pub fn longest_message_life_secs(&self) -> u64 {
-        2 * self.message_retention_secs + self.dlq_retention_secs
+        let one_pass = 2 * self.message_retention_secs + crate::config::DEFAULT_OUTAGE_MAX_SECS;
+        2 * one_pass + self.dlq_retention_secs
     }
 
     /// The deployed name of queue `key` under `prefix` (`dlq` for its dead-letter queue).

@@ -132,6 +132,7 @@ resource "aws_ecs_task_definition" "this" {
   container_definitions = jsonencode([{
     name                   = var.name
     image                  = var.image
+    command                = var.command
     essential              = true
     readonlyRootFilesystem = true
     user                   = "65532:65532"
@@ -143,7 +144,7 @@ resource "aws_ecs_task_definition" "this" {
     # (distroless: no shell, no curl). Unhealthy tasks are replaced by the service.
     mountPoints = [{ sourceVolume = "health", containerPath = "/run/fleet", readOnly = false }]
     healthCheck = {
-      command     = ["CMD", "/usr/local/bin/worker", "--health-check"]
+      command     = concat(["CMD"], var.command, ["--health-check"])
       interval    = 30
       timeout     = 5
       retries     = 3

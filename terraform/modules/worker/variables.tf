@@ -13,6 +13,16 @@ variable "image" {
   type        = string
 }
 
+variable "command" {
+  description = "The container's command: the worker's binary in the fleet image, e.g. [\"/usr/local/bin/payments-worker\"]. The image carries every worker and has no default command; the health check runs the same binary with --health-check."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.command) > 0
+    error_message = "command: the worker binary to run, e.g. [\"/usr/local/bin/payments-worker\"]."
+  }
+}
+
 variable "cpu" {
   description = "Fargate CPU units per task (256 = 0.25 vCPU)."
   type        = number

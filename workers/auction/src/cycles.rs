@@ -154,19 +154,19 @@ struct CycleMessage {
 }
 
 /// How long a cycle record is kept after its last write (`expires_at`, the table's TTL
-/// attribute): 30 days.
+/// attribute): 35 days.
 ///
 /// The record must outlive every delivery of the cycle's message: one that found no record
 /// would fan the cycle out again. The record is written after the message was first sent, and
-/// the message lives at most the auction-cycles queue's retention (1 day), then 14 days in the
-/// DLQ (the engine sends it there anew, so the DLQ's retention starts then), then, redriven
-/// (`fleetctl dlq redrive` sends it anew), 1 day again: 16 days at most. 30 days leaves two
-/// weeks to spare (a late redrive, clocks) and matches the notifications. EventBridge
+/// the message lives at most [`fleet::topology::QueueSpec::longest_message_life_secs`]: its
+/// queue's retention (1 day) twice and a day of outage, 14 days in the DLQ, and the queue's
+/// time again after a redrive: 2 × 3 + 14 = 20 days. 35 days leaves two weeks to spare (a late
+/// redrive, clocks) and matches the notifications. EventBridge
 /// Scheduler sends each cycle once (its retries end within a day). A fan-out repeated after
 /// all would still notify each rejection once while its dedupe records last
 /// ([`crate::notify::NOTIFICATION_TTL`]). (A unit test checks it against the queue's
 /// retention in topology.json.)
-pub const CYCLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const CYCLE_TTL: Duration = Duration::from_secs(35 * 24 * 3600);
 
 /// `expires_at` of a cycle record written at `now_ms` (ms since the epoch): s since the epoch.
 fn expires_at(now_ms: u64) -> AttributeValue {
@@ -560,15 +560,15 @@ mod tests {
 
     #[test]
     fn a_record_outlives_every_delivery_of_its_cycle() {
-        assert_eq!(longest_life("auction-cycles"), 16 * 24 * 3600);
+        assert_eq!(longest_life("auction-cycles"), 20 * 24 * 3600);
         assert!(CYCLE_TTL.as_secs() >= longest_life("auction-cycles"));
     }
 
     #[test]
-    fn a_record_expires_30_days_after_its_write_in_seconds() {
+    fn a_record_expires_35_days_after_its_write_in_seconds() {
         assert_eq!(
             expires_at(2_000_500),
-            AttributeValue::N((2_000 + 30 * 24 * 3600).to_string())
+            AttributeValue::N((2_000 + 35 * 24 * 3600).to_string())
         );
     }
 

@@ -44,19 +44,19 @@ const SENT: &str = "SENT";
 const CLAIMED: &str = "CLAIMED";
 
 /// How long a notification's dedupe record is kept after its last write (`expires_at`, the
-/// table's TTL attribute): 30 days.
+/// table's TTL attribute): 35 days.
 ///
 /// The record must outlive every delivery of a message that could publish the notification
 /// again. A notification comes from an order-results message (a rejected order) or an
 /// auction-cycles message (a cycle past its deadline), and the record is written after that
-/// message was first sent. Such a message lives at most its queue's retention (order-results
-/// 4 days, auction-cycles 1 day), then 14 days in the DLQ (the engine sends it there anew, so
-/// the DLQ's retention starts then), then, redriven (`fleetctl dlq redrive` sends it anew),
-/// its queue's retention again: 4 + 14 + 4 = 22 days at most (1 + 14 + 1 = 16 for a cycle).
-/// 30 days covers that with a week to spare (a late redrive, clocks). Only a message redriven
+/// message was first sent. Such a message lives at most
+/// [`fleet::topology::QueueSpec::longest_message_life_secs`]: twice its queue's retention and a
+/// day of outage (a fresh copy at its last receive during an outage), 14 days in the DLQ, and
+/// the queue's time again after a redrive: 2 × 9 + 14 = 32 days for order-results (20 for a
+/// cycle). 35 days covers that with days to spare (a late redrive, clocks). Only a message redriven
 /// again after that could notify a second time: an expiry may repeat a notification, never
 /// lose one. (A unit test checks it against the queues' retention in topology.json.)
-pub const NOTIFICATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const NOTIFICATION_TTL: Duration = Duration::from_secs(35 * 24 * 3600);
 
 /// `expires_at` of a record written at `now_ms` (ms since the epoch): s since the epoch.
 fn expires_at(now_ms: u64) -> AttributeValue {
@@ -387,14 +387,14 @@ mod tests {
                 longest_life(queue)
             );
         }
-        assert_eq!(longest_life("order-results"), 22 * 24 * 3600);
+        assert_eq!(longest_life("order-results"), 32 * 24 * 3600);
     }
 
     #[test]
-    fn a_record_expires_30_days_after_its_write_in_seconds() {
+    fn a_record_expires_35_days_after_its_write_in_seconds() {
         assert_eq!(
             expires_at(1_000_999),
-            AttributeValue::N((1_000 + 30 * 24 * 3600).to_string())
+            AttributeValue::N((1_000 + 35 * 24 * 3600).to_string())
         );
     }
 

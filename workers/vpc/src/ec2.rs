@@ -237,7 +237,14 @@ impl Ec2 {
     /// # Errors
     /// The classified EC2 error.
     pub async fn vpcs_of_request(&self, who: Tagged<'_>) -> Result<Vec<String>, AwsError> {
-        self.find_vpcs(who.filters()).await
+        self.find_vpcs(self.of_this_deployment(who.filters())).await
+    }
+
+    /// `filters` narrowed to this deployment's resources (tag `Project`): a request id is
+    /// unique in one deployment only, and another deployment in the account may use the same.
+    fn of_this_deployment(&self, mut filters: Vec<Filter>) -> Vec<Filter> {
+        filters.push(filter(&format!("tag:{PROJECT_TAG}"), &self.project));
+        filters
     }
 
     /// The VPCs tagged with the project.
@@ -278,7 +285,7 @@ impl Ec2 {
     ) -> Result<Option<String>, AwsError> {
         let mut filters = vec![filter("vpc-id", vpc_id), filter("cidr-block", cidr)];
         filters.extend(who.filters());
-        let found = self.find_subnets(filters).await?;
+        let found = self.find_subnets(self.of_this_deployment(filters)).await?;
         Ok(found.into_iter().next())
     }
 

@@ -354,6 +354,18 @@ impl Handler for VpcHandler {
             }
             Err(e) => return e.into_outcome(),
         };
+        // A message received before the request under this id was made anew (its key expired
+        // and was used again) belongs to the earlier request, which it no longer reaches.
+        let made_at = record
+            .expires_at
+            .map(|e| e.saturating_sub(store::REQUEST_TTL.as_secs()));
+        if made_at.is_some_and(|made| origin.received_at_ms / 1000 < made) {
+            tracing::info!(
+                request_id,
+                "superseded: the key was used anew after this message"
+            );
+            return Outcome::Duplicate;
+        }
         if record.body_sha256 != hash {
             let reason = format!(
                 "the Idempotency-Key of request {request_id} was reused with another body; the request stands as first sent"

@@ -38,18 +38,24 @@ use crate::request::VpcRequest;
 
 type Item = HashMap<String, AttributeValue>;
 
-/// How long a request (its Idempotency-Key) lasts from the gateway's receipt: 30 days.
-///
-/// The record must outlive every delivery of the request's message: a delivery that found no
-/// record (or an expired one) would make a new request, and a second VPC. A message lives at
-/// most the vpc-requests queue's retention (4 days), then 14 days in the DLQ (the engine sends
-/// it there anew, so the DLQ's retention starts then), then, redriven (`fleetctl dlq redrive`
-/// sends it anew), 4 days again: 22 days from its receipt. 30 days leaves a week to spare (a
-/// late redrive, clocks), and gives a client a month to retry with the same key. A message
-/// received before the expiry still finds the request after it (until TTL deletes the row), so
-/// only a message redriven after the row was deleted could make a second VPC. (A unit test
-/// checks it against the queue's retention in topology.json.)
+/// How long a request (its Idempotency-Key) lasts from the gateway's receipt: 30 days, a
+/// month for a client to retry with the same key. From `expires_at` on, a message received
+/// makes a new request under the id.
 pub const REQUEST_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long the row is kept after `expires_at` before DynamoDB's TTL may delete it
+/// (`purge_at`, the table's TTL attribute): 35 days, more than the longest a message received
+/// before the expiry can still take to be delivered
+/// ([`fleet::topology::QueueSpec::longest_message_life_secs`]: 32 days). A delivery that found
+/// no row would make a new request, and a second VPC; a late one finds the row and is a
+/// duplicate, or superseded when the key has been used anew. (A unit test checks it against
+/// the queue's retention in topology.json.)
+pub const PURGE_AFTER_EXPIRY: Duration = Duration::from_secs(35 * 24 * 3600);
+
+/// `purge_at` of a request received at `received_at_ms`: s since the epoch.
+pub fn purge_at(received_at_ms: u64) -> u64 {
+    expires_at(received_at_ms) + PURGE_AFTER_EXPIRY.as_secs()
+}
 
 /// `expires_at` of a request received at `received_at_ms` (ms since the epoch): s since the
 /// epoch.
@@ -267,6 +273,7 @@ impl Store {
             .item("message_id", s(origin.message_id))
             .item("incarnation", s(origin.message_id))
             .item("expires_at", n(expires))
+            .item("purge_at", n(purge_at(origin.received_at_ms)))
             // Absent, or expired when this message was received and held by no delivery (a
             // finished request has no lease_owner; a crashed delivery's lease_until passes).
             .condition_expression(
@@ -326,6 +333,7 @@ impl Store {
             .item("reason", s(reason))
             .item("subnets", AttributeValue::L(Vec::new()))
             .item("expires_at", n(expires_at(origin.received_at_ms)))
+            .item("purge_at", n(purge_at(origin.received_at_ms)))
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -609,8 +617,8 @@ mod tests {
 
     #[test]
     fn a_request_outlives_every_delivery_of_its_message() {
-        assert_eq!(longest_life("vpc-requests"), 22 * 24 * 3600);
-        assert!(REQUEST_TTL.as_secs() >= longest_life("vpc-requests"));
+        assert_eq!(longest_life("vpc-requests"), 32 * 24 * 3600);
+        assert!(PURGE_AFTER_EXPIRY.as_secs() >= longest_life("vpc-requests"));
     }
 
     #[test]
