@@ -680,6 +680,76 @@ fn the_bootstrap_targets_what_terraform_declares() -> Result<()> {
     Ok(())
 }
 
+/// The README's deploy recipe: the first ```sh block after "**The recipe**".
+fn readme_recipe() -> Result<String> {
+    let readme = read("README.md")?;
+    let start = readme
+        .find("**The recipe**")
+        .context("README: **The recipe**")?;
+    let block = readme[start..]
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .context("README: the recipe's sh block")?;
+    Ok(block.to_owned())
+}
+
+/// The README's recipe is the workflow's order and commands: bootstrap with the workflow's
+/// targets, build the one image, apply with the image tag; every output it reads exists.
+#[test]
+fn the_readme_recipe_is_the_workflows() -> Result<()> {
+    let recipe = readme_recipe()?;
+    let deploy = workflow("deploy.yml")?;
+    let (_, dev, _) = deploy_jobs(&deploy)?;
+    let job = &jobs(&deploy)?[&dev];
+    let run = |step: &str| -> Result<String> {
+        Ok(steps(job)?[step_index(job, step)?]["run"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned())
+    };
+    let targets = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .filter(|w| w.starts_with("-target="))
+            .map(str::to_owned)
+            .collect()
+    };
+    let bootstrap = run("bootstrap")?;
+    ensure!(
+        targets(&recipe) == targets(&bootstrap),
+        "the README bootstraps {:?}, the workflow {:?}",
+        targets(&recipe),
+        targets(&bootstrap)
+    );
+    let position = |needle: &str| {
+        recipe
+            .find(needle)
+            .with_context(|| format!("the README's recipe has no `{needle}`"))
+    };
+    let (boot, build, push, apply) = (
+        position("-target=")?,
+        position("docker build")?,
+        position("docker push")?,
+        position("-var=\"image_tag=$IMAGE_TAG\"")?,
+    );
+    ensure!(
+        boot < build && build < push && push < apply,
+        "the README's recipe must bootstrap, build, push, then apply"
+    );
+    ensure!(
+        squeeze(&run("deploy")?).contains("-var=\"image_tag=$IMAGE_TAG\""),
+        "the workflow's deploy applies with the image tag as the README does"
+    );
+    let terraform = terraform_root()?;
+    for output in context_names(&recipe, "terraform output -raw ") {
+        ensure!(
+            terraform.contains(&format!("output \"{output}\"")),
+            "the README reads the output {output}, which terraform/ does not declare"
+        );
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------
 // KEDA
 
