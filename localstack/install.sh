@@ -3,29 +3,13 @@
 # Idempotent: a second run with the same pins does nothing.
 # Prefers Python 3.13 (localstack-core 2026.3.0); falls back to the system Python 3.11 (4.13.1).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-dir="$root/.localstack"
-venv="$dir/venv"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+root="$FLEET_ROOT"
+dir="$LS_DIR"
+venv="$LS_VENV"
 stamp="$venv/.fleet-installed"
 
-pick_python() {
-  local candidates=()
-  if command -v pyenv >/dev/null 2>&1; then
-    local proot; proot="$(pyenv root)"
-    for v in "$proot"/versions/3.13*/bin/python3; do [ -x "$v" ] && candidates+=("$v"); done
-  fi
-  candidates+=(python3.13 python3)
-  for py in "${candidates[@]}"; do
-    if command -v "$py" >/dev/null 2>&1 || [ -x "$py" ]; then
-      if "$py" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
-        echo "$py"; return 0
-      fi
-    fi
-  done
-  echo "no Python >= 3.11 found" >&2; return 1
-}
-
-py="$(pick_python)"
+py="$(ls_pick_python)"
 if "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 13) else 1)'; then
   ls_version="2026.3.0"
 else

@@ -10,7 +10,7 @@ locals {
   # serves both, docs/security.md), and the body-size guard of the write routes.
   fragments = { for k, v in jsondecode(file("${dirname(var.document_path)}/fragments.json")) : k => trimspace(v) if k != "//" }
   rendered  = templatefile(var.document_path, merge(var.template_vars, local.fragments))
-  cognito  = length(var.cognito_user_pool_arns) > 0
+  cognito   = length(var.cognito_user_pool_arns) > 0
 
   cognito_scheme = jsonencode({
     type                             = "apiKey"
