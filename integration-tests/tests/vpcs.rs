@@ -789,7 +789,14 @@ async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() ->
         ttl.time_to_live_status(),
         Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
     );
-    assert_eq!(ttl.attribute_name(), Some("expires_at"));
+    // The row itself stays 35 days longer (purge_at, the TTL attribute), so a message
+    // received before the expiry still finds it, however late it is delivered.
+    assert_eq!(ttl.attribute_name(), Some("purge_at"));
+    assert_eq!(
+        number(&record, "purge_at")?,
+        number(&record, "expires_at")? + 35 * 24 * 3600,
+        "purge_at = expires_at + 35 days"
+    );
     assert_eq!(listed(&stack).await?, std::slice::from_ref(&request_id));
 
     // 30 days later: gone for the API, though DynamoDB has not deleted the row.
@@ -905,6 +912,29 @@ async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() ->
         retried_for(&worker, "request-busy") >= 1,
         "the new request waited for the old one's lease"
     );
+
+    // A late copy of the OLD request's message (received before its expiry, delivered only
+    // now: a redrive, a backlog) belongs to the old request, superseded by the new one: it is
+    // finished, neither a conflict (no DLQ, no conflict record) nor a change of the new one.
+    let duplicates = worker.total("duplicates");
+    stack
+        .sqs
+        .send_message()
+        .queue_url(&stack.queue("vpc-requests").url)
+        .message_body(two_subnets(60).to_string())
+        .message_attributes("requestId", attr(&request_id, "String"))
+        .message_attributes("ownerId", attr(&client, "String"))
+        .message_attributes("receivedAt", attr(&created_ms.to_string(), "Number"))
+        .send()
+        .await?;
+    assert!(
+        settles_at(&worker, "duplicates", duplicates + 1).await?,
+        "the superseded message is finished as a duplicate"
+    );
+    assert_eq!(worker.total("dead_lettered"), 0, "not a conflict");
+    let (code, after) = get(&stack, &format!("/vpcs/{request_id}")).await?;
+    assert_eq!((code, &after["vpc"]["vpc_id"]), (200, &json!(new_vpc)));
+    assert_eq!(tagged(&ec2, &request_id).await?.len(), 2, "no third VPC");
     worker.terminate(Duration::from_secs(30)).await?;
     Ok(())
 }
