@@ -18,6 +18,7 @@ pub mod dlq;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod engine;
+pub mod gateway;
 #[cfg(feature = "dynamodb")]
 pub mod group_store;
 pub mod health;

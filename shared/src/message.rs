@@ -7,10 +7,8 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 
 use crate::outcome::Outcome;
 
-/// The gateway's message attribute with the caller's owner id.
-pub const ATTR_OWNER_ID: &str = "ownerId";
-/// The gateway's message attribute with the calling application's API key id.
-pub const ATTR_API_KEY_ID: &str = "apiKeyId";
+/// The gateway's attributes naming the caller (owned by [`crate::gateway`]).
+pub use crate::gateway::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
 
 /// One SQS message, as received.
 #[derive(Debug, Clone, Default)]
@@ -81,9 +79,12 @@ impl Message {
     /// queued before the gateway sent owners, when the key id was the identity); `None` for a
     /// message that did not come through the gateway. See docs/security.md.
     pub fn owner(&self) -> Option<&str> {
-        [ATTR_OWNER_ID, ATTR_API_KEY_ID]
-            .into_iter()
-            .find_map(|name| self.attribute(name).filter(|v| !v.is_empty()))
+        self.envelope().owner
+    }
+
+    /// What the gateway said about this message's request ([`crate::gateway::Envelope`]).
+    pub fn envelope(&self) -> crate::gateway::Envelope<'_> {
+        crate::gateway::Envelope::of(self)
     }
 
     /// A string (or number) message attribute by name.

@@ -216,9 +216,10 @@ resource "aws_wafv2_web_acl" "this" {
           not_statement {
             statement {
               regex_match_statement {
-                # The path ends with one of the routes (/<stage>/posts on the execute-api
-                # host, /posts behind a custom domain).
-                regex_string = "/(${join("|", var.waf_large_body_routes)})/?$"
+                # The path is one of the routes (/<stage>/posts on the execute-api host,
+                # /posts behind a custom domain), not any path ending in its name
+                # (/payments/posts).
+                regex_string = "^(/[^/]+)?/(${join("|", var.waf_large_body_routes)})/?$"
                 field_to_match {
                   uri_path {}
                 }

@@ -73,11 +73,14 @@ locals {
 data "aws_iam_policy_document" "task" {
   statement {
     sid = "ConsumeQueue"
+    # SendMessage: during a dependency outage the engine puts a message whose receives ran
+    # out back on its own queue as a fresh copy instead of dead-lettering it (ride-out).
     actions = [
       "sqs:ReceiveMessage",
       "sqs:DeleteMessage",
       "sqs:ChangeMessageVisibility",
       "sqs:GetQueueAttributes",
+      "sqs:SendMessage",
     ]
     resources = [var.queue.arn]
   }
@@ -166,6 +169,8 @@ resource "aws_ecs_task_definition" "this" {
 }
 
 resource "aws_ecs_service" "this" {
+  # The first tasks need their roles' policies to pull the image and reach their queue.
+  depends_on              = [aws_iam_role_policy_attachment.execution, aws_iam_role_policy.task]
   name                    = var.name
   cluster                 = var.cluster_arn
   task_definition         = aws_ecs_task_definition.this.arn

@@ -12,11 +12,11 @@ pub const ATTR_COMMAND: &str = "command";
 /// Message attribute: the book (also the FIFO message group).
 pub const ATTR_BOOK_ID: &str = "bookId";
 /// Message attribute: the command's id (the gateway's request id, or `<owner id>-<key>`).
-pub const ATTR_REQUEST_ID: &str = "requestId";
+pub use fleet::gateway::ATTR_REQUEST_ID;
 /// Message attribute: the `If-Match` header, when given.
 pub const ATTR_IF_MATCH: &str = "ifMatch";
 /// Message attribute: when the gateway received the request, ms since the epoch.
-pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+pub use fleet::gateway::ATTR_RECEIVED_AT;
 
 /// What a command does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,10 +178,7 @@ impl Command {
             request_id,
             owner,
             if_match,
-            received_at_ms: message
-                .attribute(ATTR_RECEIVED_AT)
-                .and_then(|v| v.parse().ok())
-                .or(message.sent_at_ms),
+            received_at_ms: message.envelope().received_at_ms,
             book,
             payload_hash,
         })

@@ -36,7 +36,7 @@ pub use fleet::message::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
 /// How long an order is kept.
 pub const ORDER_TTL_SECS: u64 = 24 * 3600;
 /// Message attribute: when the gateway received the batch, ms since the epoch.
-pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+pub use fleet::gateway::ATTR_RECEIVED_AT;
 /// The owner of orders whose message names no caller (sent straight to the queue, not through
 /// the gateway): an id no API caller has, so no caller reads them.
 pub const NO_OWNER: &str = "-";
@@ -162,11 +162,7 @@ impl Handler for OrdersHandler {
                 format!("owner id {owner:?} contains '#', the key's separator"),
             );
         }
-        let received_at = message
-            .attribute(ATTR_RECEIVED_AT)
-            .and_then(|v| v.parse().ok())
-            .or(message.sent_at_ms)
-            .unwrap_or(0);
+        let received_at = message.envelope().received_at_or_now();
         let (mut new, mut conflicts) = (0, Vec::new());
         for order in &orders {
             match self

@@ -38,9 +38,7 @@ use clap::Parser;
 use fleet::worker::WorkerArgs;
 use fleet::{Handler, Message, Outcome};
 
-use crate::payment::{
-    Payment, ATTR_API_KEY_ID, ATTR_PAYMENT_ID, ATTR_RECEIVED_AT, ATTR_REQUEST_ID, NO_OWNER,
-};
+use crate::payment::{Payment, ATTR_PAYMENT_ID, NO_OWNER};
 use crate::store::{Insert, PaymentStore, Provenance};
 
 /// Command line and environment of the `payments-worker` binary.
@@ -93,13 +91,11 @@ impl<S: PaymentStore> Handler for PaymentsHandler<S> {
             Err(err) => return Outcome::permanent(err.kind(), err.to_string()),
         };
         let hash = payment.payload_hash();
+        let envelope = message.envelope();
         let provenance = Provenance {
-            request_id: message.attribute(ATTR_REQUEST_ID).map(str::to_owned),
-            api_key_id: message.attribute(ATTR_API_KEY_ID).map(str::to_owned),
-            received_at_ms: message
-                .attribute(ATTR_RECEIVED_AT)
-                .and_then(|v| v.parse().ok())
-                .or(message.sent_at_ms),
+            request_id: envelope.request_id.map(str::to_owned),
+            api_key_id: envelope.api_key_id.map(str::to_owned),
+            received_at_ms: envelope.received_at_ms,
             message_id: message.message_id.clone(),
         };
         match self.store.insert(&payment, &hash, &provenance).await {
@@ -124,7 +120,7 @@ impl<S: PaymentStore> Handler for PaymentsHandler<S> {
 
 #[cfg(test)]
 mod tests {
-    use crate::payment::ATTR_OWNER_ID;
+    use crate::payment::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
     use std::collections::HashMap;
     use std::sync::Mutex;
 

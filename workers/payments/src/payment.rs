@@ -14,13 +14,13 @@ pub use fleet::message::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
 /// Message attribute carrying the payment id from the request path.
 pub const ATTR_PAYMENT_ID: &str = "paymentId";
 /// Message attribute carrying API Gateway's request id.
-pub const ATTR_REQUEST_ID: &str = "requestId";
+pub use fleet::gateway::ATTR_REQUEST_ID;
 /// The owner of a payment whose message names no caller (sent straight to the queue, not
 /// through the gateway: tests, the benchmark, an operator). No API caller has this id (API
 /// key ids are alphanumeric, Cognito subs are UUIDs), so no caller can read such a payment.
 pub const NO_OWNER: &str = "-";
 /// Message attribute carrying the gateway's receive time, ms since the epoch.
-pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+pub use fleet::gateway::ATTR_RECEIVED_AT;
 
 /// Largest amount accepted (same bound as the gateway's JSON schema).
 pub const MAX_AMOUNT: f64 = 1_000_000_000.0;

@@ -18,8 +18,8 @@ use fleet::{classify, Handler, Message, Metrics, Outcome};
 use tracing::info;
 
 use crate::model::{
-    n, number, owner_of, s, ApprovalRequest, Item, PostRequest, ATTR_POST_ID, ATTR_RECEIVED_AT,
-    PENDING, POST_LIFETIME_SECS,
+    n, number, owner_of, s, ApprovalRequest, Item, PostRequest, ATTR_POST_ID, PENDING,
+    POST_LIFETIME_SECS,
 };
 
 /// Where the intake writes and sends.
@@ -148,11 +148,7 @@ impl Handler for PostsHandler {
                 return Outcome::permanent("invalid-post", format!("the body is not a post: {e}"))
             }
         };
-        let created_at = message
-            .attribute(ATTR_RECEIVED_AT)
-            .and_then(|v| v.parse().ok())
-            .or(message.sent_at_ms)
-            .unwrap_or_else(now_ms);
+        let created_at = message.envelope().received_at_or_now();
         match self
             .store(post_id, owner_of(message), &post, created_at)
             .await

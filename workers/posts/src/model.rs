@@ -20,7 +20,7 @@ pub const REJECTED: &str = "REJECTED";
 /// Message attribute set by the gateway: the post's id.
 pub const ATTR_POST_ID: &str = "postId";
 /// Message attribute set by the gateway: when it received the post, ms since the epoch.
-pub const ATTR_RECEIVED_AT: &str = "receivedAt";
+pub use fleet::gateway::ATTR_RECEIVED_AT;
 /// The owner of a post whose message names no caller (sent straight to the queue, not through
 /// the gateway): an id no API caller has.
 pub const NO_OWNER: &str = "-";

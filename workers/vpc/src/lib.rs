@@ -41,7 +41,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use clap::Parser;
-use fleet::util::{now_ms, sha256_hex};
+use fleet::util::sha256_hex;
 use fleet::worker::WorkerArgs;
 use fleet::{AwsError, Handler, Message, Metrics, Outcome};
 use tokio::sync::OnceCell;
@@ -317,10 +317,8 @@ impl Handler for VpcHandler {
         // The caller: the gateway's owner id (its one definition: the JWT's sub with Cognito,
         // else the API key id; docs/security.md), or, for a message queued before the gateway
         // sent it, the API key id, which was the identity then.
-        let client = ["ownerId", "apiKeyId"]
-            .into_iter()
-            .find_map(|name| message.attribute(name).filter(|v| !v.is_empty()));
-        let (Some(request_id), Some(client)) = (message.attribute("requestId"), client) else {
+        let envelope = message.envelope();
+        let (Some(request_id), Some(client)) = (envelope.request_id, envelope.owner) else {
             return Outcome::permanent(
                 "invalid-message",
                 "requestId and ownerId (or apiKeyId) attributes are required (the gateway sets them)",
@@ -333,11 +331,7 @@ impl Handler for VpcHandler {
         let hash = sha256_hex(request.canonical().as_bytes());
         let origin = Origin {
             client,
-            received_at_ms: message
-                .attribute("receivedAt")
-                .and_then(|v| v.parse().ok())
-                .or(message.sent_at_ms)
-                .unwrap_or_else(now_ms),
+            received_at_ms: message.envelope().received_at_or_now(),
             message_id: &message.message_id,
         };
         let record = match self
