@@ -20,6 +20,11 @@ pub const DLQ_SUFFIX: &str = "-dlq";
 /// Ending SQS requires of a FIFO queue's name.
 pub const FIFO_SUFFIX: &str = ".fifo";
 
+/// Whether a queue name or URL names a FIFO queue (SQS: its name ends in `.fifo`).
+pub fn is_fifo(name_or_url: &str) -> bool {
+    name_or_url.ends_with(FIFO_SUFFIX)
+}
+
 /// The parts of `topology.json` the Rust side reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Topology {

@@ -48,7 +48,7 @@ pub(super) async fn resolve_queue(
         (None, None) => return Err(EngineError::NoDeadLetterQueue(queue_url)),
     };
     Ok(QueueSettings {
-        fifo: queue_name(&queue_url).ends_with(".fifo"),
+        fifo: crate::topology::is_fifo(&queue_url),
         queue_name: queue_name(&queue_url),
         queue_url,
         dlq_url,
