@@ -6,10 +6,12 @@ resource "aws_sns_topic" "alarms" {
 }
 
 resource "aws_sns_topic_subscription" "alarms" {
-  for_each  = { for s in var.alarm_subscriptions : "${s.protocol}:${s.endpoint}" => s }
+  # Keyed by a hash: an endpoint (a chat webhook's URL holds its token) never appears in a
+  # resource address, a plan or the deploy log; the variable is sensitive.
+  for_each  = nonsensitive(toset([for s in var.alarm_subscriptions : sha256("${s.protocol}:${s.endpoint}")]))
   topic_arn = aws_sns_topic.alarms.arn
-  protocol  = each.value.protocol
-  endpoint  = each.value.endpoint
+  protocol  = one([for s in var.alarm_subscriptions : s.protocol if sha256("${s.protocol}:${s.endpoint}") == each.key])
+  endpoint  = one([for s in var.alarm_subscriptions : s.endpoint if sha256("${s.protocol}:${s.endpoint}") == each.key])
 }
 
 resource "aws_sns_topic" "notifications" {
@@ -18,8 +20,10 @@ resource "aws_sns_topic" "notifications" {
 }
 
 resource "aws_sns_topic_subscription" "notifications" {
-  for_each  = { for s in var.notification_subscriptions : "${s.protocol}:${s.endpoint}" => s }
+  # Keyed by a hash: an endpoint (a chat webhook's URL holds its token) never appears in a
+  # resource address, a plan or the deploy log; the variable is sensitive.
+  for_each  = nonsensitive(toset([for s in var.notification_subscriptions : sha256("${s.protocol}:${s.endpoint}")]))
   topic_arn = aws_sns_topic.notifications.arn
-  protocol  = each.value.protocol
-  endpoint  = each.value.endpoint
+  protocol  = one([for s in var.notification_subscriptions : s.protocol if sha256("${s.protocol}:${s.endpoint}") == each.key])
+  endpoint  = one([for s in var.notification_subscriptions : s.endpoint if sha256("${s.protocol}:${s.endpoint}") == each.key])
 }

@@ -190,6 +190,7 @@ variable "manage_api_gateway_account" {
 variable "alarm_subscriptions" {
   description = "Who hears about alarms (DLQ not empty, old messages): SNS protocol and endpoint, e.g. { protocol = \"email\", endpoint = \"ops@example.com\" }."
   type        = list(object({ protocol = string, endpoint = string }))
+  sensitive   = true
   default     = []
 
   validation {
@@ -201,6 +202,7 @@ variable "alarm_subscriptions" {
 variable "notification_subscriptions" {
   description = "Who gets the fleet's business notifications (e.g. rejected orders), as SNS protocol and endpoint."
   type        = list(object({ protocol = string, endpoint = string }))
+  sensitive   = true
   default     = []
 
   validation {
@@ -210,7 +212,7 @@ variable "notification_subscriptions" {
 }
 
 variable "oldest_message_alarm_seconds" {
-  description = "Alarm when a queue's oldest message is older than this, in seconds."
+  description = "Alarm when a queue's oldest message is older than this, in seconds; a queue's oldest_message_alarm_secs in topology.json replaces it for that queue."
   type        = number
   default     = 900
 

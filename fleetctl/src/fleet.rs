@@ -191,33 +191,4 @@ impl Fleet {
         }
         Ok(())
     }
-
-    /// Reads up to `max` messages without consuming them: they are received, then handed back.
-    pub(crate) async fn read_all(
-        &self,
-        url: &str,
-        max: usize,
-    ) -> Result<Vec<aws_sdk_sqs::types::Message>> {
-        let mut seen = std::collections::HashSet::new();
-        let mut messages = Vec::new();
-        while messages.len() < max {
-            let batch = self
-                .receive(url, (max - messages.len()).min(10) as i32, 1, 60)
-                .await?;
-            if batch.is_empty() {
-                break;
-            }
-            for m in batch {
-                if seen.insert(m.message_id.clone().unwrap_or_default()) {
-                    messages.push(m);
-                }
-            }
-        }
-        let receipts: Vec<String> = messages
-            .iter()
-            .filter_map(|m| m.receipt_handle.clone())
-            .collect();
-        self.hand_back(url, &receipts).await?;
-        Ok(messages)
-    }
 }

@@ -1,13 +1,16 @@
 //! `fleetctl`: operate the queue-fleet.
 //!
-//! `status` shows every queue of the topology with its DLQ (exit code 2 when any DLQ holds
-//! messages, for cron and alerts); `dlq peek|redrive|export|purge` work on one queue's DLQ;
-//! `dlq groups|release` show and end the stops of FIFO groups behind a dead-lettered message;
-//! `schedule` sends the topology's scheduled messages on a local timer (what EventBridge
-//! Scheduler does in AWS); `vpc cleanup` deletes the VPCs and subnets the fleet created.
-//! Configured like the workers: the standard AWS environment, plus the name prefix of the
-//! deployment (`FLEET_PREFIX`, `fleet-` for the local stack).
+//! `status` shows every queue of the topology with its DLQ (exit code 3 when any DLQ holds
+//! messages, for cron and alerts; `dlq check` too, from SQS alone);
+//! `dlq peek|summary|redrive|export|purge` work on one queue's DLQ; `dlq groups|release` show
+//! and end the stops of FIFO groups behind a dead-lettered message; `schedule` sends the
+//! topology's scheduled messages on a local timer (what EventBridge Scheduler does in AWS);
+//! `vpc cleanup` deletes the VPCs and subnets the fleet created; `completions` prints a shell
+//! completion script. Configured like the workers: the standard AWS environment, plus the name
+//! prefix of the deployment (`FLEET_PREFIX`, `fleet-` for the local stack). The exit codes are
+//! in [`cli`].
 
+mod cli;
 mod dlq;
 mod fleet;
 mod groups;
@@ -15,166 +18,29 @@ mod schedule;
 mod status;
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser};
 
+use crate::cli::{
+    Cli, Command, DlqCommand, VpcCommand, EXIT_DLQ_NOT_EMPTY, EXIT_INTERRUPTED,
+    EXIT_REDRIVE_INCOMPLETE,
+};
 use crate::fleet::Fleet;
-
-/// Exit code of `status` when a dead-letter queue holds messages.
-const EXIT_DLQ_NOT_EMPTY: u8 = 2;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "fleetctl",
-    version,
-    about = "Operate the queue-fleet: queue status, dead-letter queues, local schedules, VPC cleanup"
-)]
-struct Cli {
-    /// Prefix of every resource name of the deployment (`fleet-` for the local stack).
-    #[arg(long, env = "FLEET_PREFIX", default_value = "fleet-", global = true)]
-    prefix: String,
-
-    /// The topology file; default: the one built into fleetctl.
-    #[arg(long, env = "FLEET_TOPOLOGY", global = true)]
-    topology: Option<PathBuf>,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Every queue with visible / in-flight / delayed counts and its DLQ. Exits 2 when any DLQ
-    /// holds messages.
-    Status {
-        /// One JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Refresh every this many seconds until Ctrl-C.
-        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-        watch: Option<u64>,
-    },
-    /// Work on a queue's dead-letter queue.
-    Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
-    },
-    /// Provisioned VPCs: delete what the fleet created.
-    Vpc {
-        #[command(subcommand)]
-        command: VpcCommand,
-    },
-    /// Run the topology's schedules on a local timer, as EventBridge Scheduler does in AWS
-    /// (e.g. an auction cycle every 5 minutes). Prints each message sent; runs until Ctrl-C.
-    Schedule {
-        /// Only these schedules (default: all of the topology's).
-        names: Vec<String>,
-        /// Every schedule's period in seconds instead of its own (for demos and tests).
-        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-        every: Option<u64>,
-        /// Exit after this many messages of each schedule.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Send the first message at once, for the period that has begun, instead of waiting
-        /// for the next one.
-        #[arg(long)]
-        now: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum VpcCommand {
-    /// Delete the VPCs tagged by the fleet (`Project` tag), each with every subnet in it,
-    /// subnets first. Prints one JSON line per resource.
-    Cleanup {
-        /// The `Project` tag value (vpc-worker's VPC_PROJECT_TAG).
-        #[arg(long, env = "VPC_PROJECT_TAG", default_value = "queue-fleet")]
-        project: String,
-        /// Only the VPC of this request.
-        #[arg(long)]
-        request_id: Option<String>,
-        /// Only list what would be deleted.
-        #[arg(long)]
-        dry_run: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum DlqCommand {
-    /// Show messages with their failure reasons, without consuming them.
-    Peek {
-        /// Queue name from the topology (e.g. `payments`).
-        queue: String,
-        /// How many messages at most.
-        #[arg(short, default_value_t = 10)]
-        n: usize,
-        /// One JSON object per message.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Move messages back to their source queue.
-    Redrive {
-        /// Queue name from the topology (e.g. `payments`).
-        queue: String,
-        /// Messages per second at most.
-        #[arg(long, default_value = "50")]
-        max_per_second: NonZeroU32,
-        /// Only messages matching `reason=KIND` (their `fleet.error.kind`).
-        #[arg(long, value_parser = parse_filter)]
-        filter: Option<String>,
-        /// Stop after this many messages.
-        #[arg(long)]
-        max: Option<u64>,
-        /// `auto`: SQS's move task when there is no filter or limit (falls back to `batch`).
-        #[arg(long, value_enum, default_value_t = dlq::Method::Auto)]
-        method: dlq::Method,
-    },
-    /// Write every message (body, attributes, ids) to a JSON Lines file, leaving them in place.
-    Export {
-        /// Queue name from the topology (e.g. `payments`).
-        queue: String,
-        /// The file to write.
-        file: PathBuf,
-    },
-    /// FIFO queues: the message groups stopped behind a dead-lettered message (their later
-    /// messages park in the DLQ, in order, until the group is redriven). One JSON line each.
-    Groups {
-        /// Queue name from the topology (e.g. `books-commands`).
-        queue: String,
-    },
-    /// FIFO queues: end a group's stop at once (after its head was discarded rather than
-    /// redriven): its later messages are handled again.
-    Release {
-        /// Queue name from the topology (e.g. `books-commands`).
-        queue: String,
-        /// The message group (for books: the book id).
-        group: String,
-    },
-    /// Delete every message of the DLQ (asks first unless --yes).
-    Purge {
-        /// Queue name from the topology (e.g. `payments`).
-        queue: String,
-        /// Do not ask.
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
-fn parse_filter(text: &str) -> Result<String, String> {
-    match text.split_once('=') {
-        Some(("reason", kind)) if !kind.is_empty() => Ok(kind.to_owned()),
-        _ => Err(format!(
-            "expected reason=KIND (e.g. reason=conflict), got '{text}'"
-        )),
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "fleetctl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -264,47 +130,152 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { .. } => unreachable!("handled before the runtime starts"),
         Command::Dlq { command } => {
-            match command {
-                DlqCommand::Peek { queue, n, json } => dlq::peek(&fleet, &queue, n, json).await?,
-                DlqCommand::Redrive {
-                    queue,
-                    max_per_second,
-                    filter,
-                    max,
-                    method,
-                } => {
-                    let opts = dlq::Redrive {
-                        max_per_second,
-                        reason: filter,
-                        max,
-                        method,
-                    };
-                    let summary = dlq::redrive(&fleet, &queue, &opts).await?;
+            dlq_command(&fleet, &::fleet::dynamodb::client(&sdk), command).await
+        }
+    }
+}
+
+/// Ctrl-C during a `dlq` command: the token is cancelled, and the command stops cleanly
+/// (hands its messages back, cancels its move task) and exits 130. A second Ctrl-C exits at once.
+fn interrupt_on_ctrl_c() -> ::fleet::CancellationToken {
+    let token = ::fleet::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+            eprintln!("fleetctl: stopping (Ctrl-C again to quit at once)");
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+        }
+    });
+    token
+}
+
+/// 0, or 130 when Ctrl-C cut the command short.
+fn finished(completed: bool) -> ExitCode {
+    if completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INTERRUPTED)
+    }
+}
+
+async fn dlq_command(
+    fleet: &Fleet,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    command: DlqCommand,
+) -> Result<ExitCode> {
+    // Only the commands that read or move messages stop cleanly on Ctrl-C; the others (a
+    // purge waiting for its answer) keep its default: quit at once.
+    let interrupt = match &command {
+        DlqCommand::Peek { .. }
+        | DlqCommand::Summary { .. }
+        | DlqCommand::Redrive { .. }
+        | DlqCommand::Export { .. } => interrupt_on_ctrl_c(),
+        _ => ::fleet::CancellationToken::new(),
+    };
+    match command {
+        DlqCommand::Check { queues, json } => {
+            let depths = dlq::check(fleet, &queues).await?;
+            dlq::print_check(fleet, &depths, json);
+            if depths.iter().any(|(_, depth)| *depth > 0) {
+                return Ok(ExitCode::from(EXIT_DLQ_NOT_EMPTY));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Peek {
+            queue,
+            n,
+            json,
+            filter,
+            read,
+        } => Ok(finished(
+            dlq::peek(fleet, &queue, n, json, &filter, &read, &interrupt).await?,
+        )),
+        DlqCommand::Summary {
+            queue,
+            json,
+            filter,
+            read,
+        } => {
+            let Some(summary) = dlq::summary(fleet, &queue, &filter, &read, &interrupt).await?
+            else {
+                return Ok(finished(false));
+            };
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", dlq::summary_table(&summary));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Redrive {
+            queue,
+            max_per_second,
+            filter,
+            mut select,
+            max,
+            method,
+            force,
+            dry_run,
+            read,
+        } => {
+            if filter.is_some() {
+                select.reason = filter;
+            }
+            let opts = dlq::Redrive {
+                max_per_second,
+                filter: select,
+                max,
+                method,
+                force,
+                dry_run,
+                read,
+            };
+            match dlq::redrive(fleet, &queue, &opts, &interrupt).await? {
+                dlq::Report::Plan(plan) => {
+                    println!("{}", serde_json::to_string(&plan)?);
+                    Ok(finished(!plan.interrupted))
+                }
+                dlq::Report::Done(summary) => {
                     println!("{}", serde_json::to_string(&summary)?);
-                }
-                DlqCommand::Export { queue, file } => {
-                    let n = dlq::export(&fleet, &queue, &file).await?;
-                    eprintln!("{n} message(s) written to {}", file.display());
-                }
-                DlqCommand::Groups { queue } => {
-                    fleet.check(&queue)?;
-                    let dynamodb = ::fleet::dynamodb::client(&sdk);
-                    for stopped in groups::list(&fleet, &dynamodb, &queue).await? {
-                        println!("{}", serde_json::to_string(&stopped)?);
-                    }
-                }
-                DlqCommand::Release { queue, group } => {
-                    fleet.check(&queue)?;
-                    let dynamodb = ::fleet::dynamodb::client(&sdk);
-                    let released = groups::release(&fleet, &dynamodb, &queue, &group).await?;
-                    println!("{}", serde_json::to_string(&released)?);
-                }
-                DlqCommand::Purge { queue, yes } => {
-                    let n = dlq::purge(&fleet, &queue, yes).await.context("purge")?;
-                    eprintln!("purged about {n} message(s)");
+                    Ok(if summary.cancelled {
+                        ExitCode::from(EXIT_INTERRUPTED)
+                    } else if summary.incomplete() {
+                        ExitCode::from(EXIT_REDRIVE_INCOMPLETE)
+                    } else {
+                        ExitCode::SUCCESS
+                    })
                 }
             }
+        }
+        DlqCommand::Export {
+            queue,
+            file,
+            filter,
+            read,
+        } => Ok(finished(
+            dlq::export(fleet, &queue, &file, &filter, &read, &interrupt).await?,
+        )),
+        DlqCommand::Groups { queue } => {
+            fleet.check(&queue)?;
+            for stopped in groups::list(fleet, dynamodb, &queue).await? {
+                println!("{}", serde_json::to_string(&stopped)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Release { queue, group } => {
+            fleet.check(&queue)?;
+            let released = groups::release(fleet, dynamodb, &queue, &group).await?;
+            println!("{}", serde_json::to_string(&released)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Purge { queue, yes } => {
+            let n = dlq::purge(fleet, &queue, yes).await.context("purge")?;
+            eprintln!("purged about {n} message(s)");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -62,6 +62,44 @@ pub mod names {
     ];
 }
 
+/// Reason kinds that no redrive can fix: the message itself is wrong (its body or its
+/// attributes), or it conflicts with what is stored (an idempotency key reused with another
+/// payload, results that changed under a fan-out). Every `Outcome::permanent` kind of the
+/// workers that says so; [`redrive_is_safe`] also refuses any kind named by the convention
+/// below.
+pub const REDRIVE_REFUSED: [&str; 16] = [
+    "conflict",
+    "idempotency-conflict",
+    "results-changed",
+    "invalid-json",
+    "invalid-payment",
+    "invalid-orders",
+    "invalid-post",
+    "invalid-response",
+    "invalid-request",
+    "invalid-result",
+    "invalid-cycle",
+    "invalid-message",
+    "invalid-body",
+    "invalid-archive-message",
+    "malformed-command",
+    "missing-attribute",
+];
+
+/// Whether a message dead-lettered with reason `kind` can succeed when it is redriven after the
+/// cause is fixed: `retries-exhausted` (a dependency failed, an outage outlasted the retries),
+/// `dlq-unavailable`, `group-blocked` (a FIFO group stopped behind its head), `deadline-exceeded`,
+/// an AWS error code (`AccessDeniedException`, `ResourceNotFoundException`: a permission or a
+/// resource was missing), a message moved by the queue's redrive policy (no kind). Not: the
+/// kinds of [`REDRIVE_REFUSED`], and by convention any kind starting with `invalid-`,
+/// `malformed-` or `missing-` (the message itself is wrong): they fail again, the same way.
+pub fn redrive_is_safe(kind: &str) -> bool {
+    !(REDRIVE_REFUSED.contains(&kind)
+        || ["invalid-", "malformed-", "missing-"]
+            .iter()
+            .any(|prefix| kind.starts_with(prefix)))
+}
+
 /// The attributes of a dead-lettered copy: the original ones, plus the reason. When both do
 /// not fit in SQS's 10, the originals are folded into one JSON attribute.
 pub fn dead_letter_attributes(
@@ -263,6 +301,27 @@ mod tests {
         let mut attrs = message_with(2).attributes;
         attrs.insert(names::OUTAGE_SINCE.into(), number(5));
         assert_eq!(restore_originals(attrs.clone()), attrs);
+    }
+
+    #[test]
+    fn only_kinds_that_a_fix_can_cure_are_safe_to_redrive() {
+        // Every kind the engine and the workers dead-letter with, and AWS codes.
+        for kind in [
+            "retries-exhausted",
+            "dlq-unavailable",
+            crate::engine::groups::GROUP_BLOCKED,
+            "deadline-exceeded",
+            "AccessDeniedException",
+            "ResourceNotFoundException",
+        ] {
+            assert!(redrive_is_safe(kind), "{kind}");
+        }
+        for kind in REDRIVE_REFUSED {
+            assert!(!redrive_is_safe(kind), "{kind}");
+        }
+        for kind in ["invalid-anything-new", "malformed-x", "missing-header"] {
+            assert!(!redrive_is_safe(kind), "by convention: {kind}");
+        }
     }
 
     #[test]
