@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use ::fleet::group_store::{stop_of, KEY};
 
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// The topology's table of stopped groups (the FIFO workers' `FLEET_GROUP_TABLE`).
 pub(crate) const TABLE: &str = "fifo-groups";
@@ -33,7 +33,7 @@ pub(crate) struct Stopped {
 
 /// The stopped groups of one FIFO queue.
 pub(crate) async fn list(
-    fleet: &Fleet,
+    fleet: &Deployment,
     dynamodb: &aws_sdk_dynamodb::Client,
     key: &str,
 ) -> Result<Vec<Stopped>> {
@@ -78,7 +78,7 @@ pub(crate) async fn list(
 /// # Errors
 /// When the group is not stopped, or DynamoDB refuses.
 pub(crate) async fn release(
-    fleet: &Fleet,
+    fleet: &Deployment,
     dynamodb: &aws_sdk_dynamodb::Client,
     key: &str,
     group: &str,
@@ -104,6 +104,6 @@ pub(crate) async fn release(
     })
 }
 
-fn table(fleet: &Fleet) -> String {
+fn table(fleet: &Deployment) -> String {
     format!("{}{TABLE}", fleet.prefix)
 }

@@ -11,8 +11,8 @@
 //! in [`cli`].
 
 mod cli;
+mod deployment;
 mod dlq;
-mod fleet;
 mod groups;
 mod schedule;
 mod status;
@@ -28,7 +28,7 @@ use crate::cli::{
     Cli, Command, DlqCommand, VpcCommand, EXIT_DLQ_NOT_EMPTY, EXIT_INTERRUPTED,
     EXIT_REDRIVE_INCOMPLETE,
 };
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,7 +60,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         None => ::fleet::topology::Topology::builtin(),
     };
     let sdk = ::fleet::aws::load_config().await;
-    let fleet = Fleet {
+    let fleet = Deployment {
         sqs: ::fleet::aws::sqs_client(&sdk),
         cloudwatch: aws_sdk_cloudwatch::Client::new(&sdk),
         prefix: cli.prefix,
@@ -164,7 +164,7 @@ fn finished(completed: bool) -> ExitCode {
 }
 
 async fn dlq_command(
-    fleet: &Fleet,
+    fleet: &Deployment,
     dynamodb: &aws_sdk_dynamodb::Client,
     command: DlqCommand,
 ) -> Result<ExitCode> {

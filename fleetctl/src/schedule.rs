@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
 use fleet::topology::ScheduleSpec;
 
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// How to run the schedules.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ fn epoch_secs() -> u64 {
 }
 
 /// Runs the schedules until SIGTERM or Ctrl-C (or `count` ticks each).
-pub(crate) async fn run(fleet: &Fleet, opts: &Options) -> Result<()> {
+pub(crate) async fn run(fleet: &Deployment, opts: &Options) -> Result<()> {
     let mut chosen: Vec<(String, ScheduleSpec)> = Vec::new();
     for (name, spec) in &fleet.topology.schedules {
         if opts.names.is_empty() || opts.names.contains(name) {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use ::fleet::queue::QueueCounts;
 
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// One queue of the fleet and its DLQ.
 #[derive(Debug, Serialize)]
@@ -32,7 +32,7 @@ pub(crate) struct QueueStatus {
 }
 
 /// Status of every queue of the topology.
-pub(crate) async fn collect(fleet: &Fleet) -> Result<Vec<QueueStatus>> {
+pub(crate) async fn collect(fleet: &Deployment) -> Result<Vec<QueueStatus>> {
     let mut out = Vec::new();
     let mut cloudwatch_warned = false;
     let mut from_cloudwatch = |result: Result<Option<u64>>| match result {
@@ -90,7 +90,7 @@ pub(crate) async fn collect(fleet: &Fleet) -> Result<Vec<QueueStatus>> {
 /// Age of the oldest of up to 10 sampled messages. The sample is received with visibility 0,
 /// so it stays where it is (its receive count grows; the original one is in
 /// `fleet.receive-count`).
-async fn oldest_age(fleet: &Fleet, dlq: &str) -> Result<Option<u64>> {
+async fn oldest_age(fleet: &Deployment, dlq: &str) -> Result<Option<u64>> {
     let sample = fleet.receive(dlq, 10, 0, 0).await?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -3,11 +3,11 @@
 
 use anyhow::Result;
 
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// The DLQ depth (visible + in flight + delayed) of each queue named, or of every queue of
 /// the topology, in the topology's order.
-pub(crate) async fn check(fleet: &Fleet, keys: &[String]) -> Result<Vec<(String, u64)>> {
+pub(crate) async fn check(fleet: &Deployment, keys: &[String]) -> Result<Vec<(String, u64)>> {
     let keys: Vec<String> = if keys.is_empty() {
         fleet.topology.queues.keys().cloned().collect()
     } else {
@@ -25,7 +25,7 @@ pub(crate) async fn check(fleet: &Fleet, keys: &[String]) -> Result<Vec<(String,
 }
 
 /// Prints the non-empty DLQs (`QUEUE DEPTH DLQ-NAME`), or every depth as one JSON object.
-pub(crate) fn print_check(fleet: &Fleet, depths: &[(String, u64)], as_json: bool) {
+pub(crate) fn print_check(fleet: &Deployment, depths: &[(String, u64)], as_json: bool) {
     let total: u64 = depths.iter().map(|(_, d)| d).sum();
     if as_json {
         let queues: serde_json::Map<String, serde_json::Value> = depths

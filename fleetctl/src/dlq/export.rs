@@ -9,7 +9,7 @@ use fleet::CancellationToken;
 use super::read::{read_once, End, ReadOptions};
 use super::time::now_ms;
 use super::{to_json, Filter};
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// Lines written between two flushes of a file (standard output flushes every line).
 const FLUSH_EVERY: u64 = 10;
@@ -17,7 +17,7 @@ const FLUSH_EVERY: u64 = 10;
 /// Writes the messages matching `filter` to `path` (`-`: standard output); `false` when
 /// Ctrl-C stopped it (what was read is written).
 pub(crate) async fn export(
-    fleet: &Fleet,
+    fleet: &Deployment,
     key: &str,
     path: &Path,
     filter: &Filter,

@@ -10,7 +10,7 @@ use fleet::CancellationToken;
 use super::read::{read_once, End, ReadOptions};
 use super::time::{now_ms, rfc3339};
 use super::{attribute, to_json, Dead, Filter};
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 use crate::status::human_age;
 
 /// Longest body preview printed.
@@ -18,7 +18,7 @@ const PREVIEW_CHARS: usize = 160;
 
 /// Up to `n` messages matching `filter`, as text or JSON lines; `false` when Ctrl-C stopped it.
 pub(crate) async fn peek(
-    fleet: &Fleet,
+    fleet: &Deployment,
     key: &str,
     n: usize,
     as_json: bool,

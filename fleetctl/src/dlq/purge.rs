@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Result};
 
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// Purges the DLQ of `key`; the number of messages it held (approximately).
-pub(crate) async fn purge(fleet: &Fleet, key: &str, yes: bool) -> Result<u64> {
+pub(crate) async fn purge(fleet: &Deployment, key: &str, yes: bool) -> Result<u64> {
     let dlq = fleet.url(key, true).await?;
     let depth = fleet.counts(&dlq).await?.total();
     if !yes {

@@ -16,7 +16,7 @@ use aws_sdk_sqs::types::Message;
 use fleet::CancellationToken;
 
 use super::progress;
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// How a command reads a DLQ.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,7 +87,7 @@ impl Pass {
 /// Reads the queue at `url` once, calling `visit` on each message the first time it is
 /// received (`visit` returns whether to go on), then hands every message back.
 pub(crate) async fn read_once(
-    fleet: &Fleet,
+    fleet: &Deployment,
     url: &str,
     opts: &ReadOptions,
     interrupt: &CancellationToken,
@@ -124,7 +124,7 @@ pub(crate) async fn read_once(
 
 #[allow(clippy::too_many_arguments)]
 async fn read(
-    fleet: &Fleet,
+    fleet: &Deployment,
     url: &str,
     opts: &ReadOptions,
     interrupt: &CancellationToken,

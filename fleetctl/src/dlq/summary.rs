@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::read::{read_once, End, ReadOptions};
 use super::time::{now_ms, rfc3339};
 use super::{reason_is_safe, redrive_label, Dead, Filter};
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// The age buckets: a name and the age (seconds) below which a message falls in it.
 const AGES: [(&str, u64); 4] = [
@@ -81,7 +81,7 @@ fn sorted(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
 
 /// Reads the DLQ once and counts; `None` when Ctrl-C stopped it.
 pub(crate) async fn summary(
-    fleet: &Fleet,
+    fleet: &Deployment,
     key: &str,
     filter: &Filter,
     read: &ReadOptions,

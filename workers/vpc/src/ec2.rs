@@ -222,14 +222,15 @@ impl Ec2 {
             .to_owned())
     }
 
-    /// The VPCs tagged with `request_id`, of every request made under it (normally none or
-    /// one; what `fleetctl vpc cleanup --request-id` deletes).
+    /// The VPCs of this deployment (tag `Project`) tagged with `request_id`, of every request
+    /// made under it (normally none or one; what `fleetctl vpc cleanup --request-id` deletes:
+    /// another deployment in the account may use the same request id).
     ///
     /// # Errors
     /// The classified EC2 error.
     pub async fn vpcs_of(&self, request_id: &str) -> Result<Vec<String>, AwsError> {
-        self.find_vpcs(vec![filter(&format!("tag:{REQUEST_ID_TAG}"), request_id)])
-            .await
+        let by_id = vec![filter(&format!("tag:{REQUEST_ID_TAG}"), request_id)];
+        self.find_vpcs(self.of_this_deployment(by_id)).await
     }
 
     /// The VPCs of one request: tagged with its id and its incarnation (normally none or one).

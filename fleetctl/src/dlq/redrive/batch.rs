@@ -16,9 +16,9 @@ use fleet::CancellationToken;
 use governor::{Quota, RateLimiter};
 
 use super::{Redrive, Summary};
+use crate::deployment::Deployment;
 use crate::dlq::time::now_ms;
 use crate::dlq::{attribute, progress, system, Dead};
-use crate::fleet::Fleet;
 
 /// How long a message received by `redrive` stays invisible while it is being moved (a batch
 /// takes well under a second; an interrupted run's batch comes back after this).
@@ -29,7 +29,7 @@ type Held = HashMap<String, String>;
 
 /// Moves the messages matching the options, one batch at a time.
 pub(super) async fn run(
-    fleet: &Fleet,
+    fleet: &Deployment,
     source: &str,
     dlq: &str,
     opts: &Redrive,
@@ -182,7 +182,7 @@ fn original_attributes(m: &Message) -> HashMap<String, MessageAttributeValue> {
 /// of the messages sent. A source queue that refuses them (gone, no permission) fails its
 /// messages, not the run: they stay in the DLQ.
 async fn send_back(
-    fleet: &Fleet,
+    fleet: &Deployment,
     default_source: &str,
     dlq: &str,
     batch: &[Message],
@@ -198,7 +198,7 @@ async fn send_back(
     }
     let mut sent: HashSet<usize> = HashSet::new();
     for (source, messages) in by_source {
-        let fifo = source.ends_with(".fifo");
+        let fifo = fleet::topology::is_fifo(&source);
         let entries = messages
             .iter()
             .map(|(i, m)| {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::read::{read_once, End, ReadOptions};
 use super::time::now_ms;
 use super::{reason_is_safe, Dead, Filter};
-use crate::fleet::Fleet;
+use crate::deployment::Deployment;
 
 /// Options of `dlq redrive`.
 #[derive(Debug, Clone)]
@@ -138,7 +138,7 @@ fn refusal(what: &str) -> String {
 
 /// `dlq redrive`.
 pub(crate) async fn redrive(
-    fleet: &Fleet,
+    fleet: &Deployment,
     key: &str,
     opts: &Redrive,
     interrupt: &CancellationToken,
@@ -230,7 +230,7 @@ pub(crate) async fn redrive(
 
 /// Reads the DLQ once and tells what a redrive with these options would do.
 async fn plan(
-    fleet: &Fleet,
+    fleet: &Deployment,
     dlq: &str,
     name: &str,
     opts: &Redrive,

@@ -8,8 +8,8 @@ use aws_sdk_sqs::types::ListMessageMoveTasksResultEntry;
 use fleet::CancellationToken;
 
 use super::Redrive;
+use crate::deployment::Deployment;
 use crate::dlq::progress;
-use crate::fleet::Fleet;
 
 /// Between two looks at the task.
 const POLL: Duration = Duration::from_secs(1);
@@ -36,7 +36,7 @@ pub(super) struct Ended {
 
 /// Runs a move task from `dlq` to `source` and follows it to its end.
 pub(super) async fn run(
-    fleet: &Fleet,
+    fleet: &Deployment,
     source: &str,
     dlq: &str,
     name: &str,
@@ -125,7 +125,7 @@ pub(super) async fn run(
 /// The latest task of the DLQ, when it is ours (a running task shows its handle; a finished one
 /// may not).
 async fn task(
-    fleet: &Fleet,
+    fleet: &Deployment,
     dlq_arn: &str,
     handle: &str,
 ) -> Result<Option<ListMessageMoveTasksResultEntry>> {
@@ -144,7 +144,7 @@ async fn task(
 }
 
 /// Ctrl-C: cancels the task, waits (a little) for it to stop, and tells what it moved.
-async fn cancel(fleet: &Fleet, handle: &str, dlq_arn: &str, mut moved: u64) -> Result<Ended> {
+async fn cancel(fleet: &Deployment, handle: &str, dlq_arn: &str, mut moved: u64) -> Result<Ended> {
     eprintln!("fleetctl: Ctrl-C: cancelling the move task");
     let out = fleet
         .sqs

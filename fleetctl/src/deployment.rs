@@ -1,4 +1,5 @@
-//! The fleet as the CLI sees it: the topology's queues under a name prefix, resolved to URLs.
+//! One deployment of the fleet as the CLI sees it: the topology's queues under a name prefix,
+//! resolved to URLs. (`Deployment`, not `Fleet`: the `fleet` crate is the engine.)
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -6,7 +7,7 @@ use fleet::queue::QueueCounts;
 use fleet::topology::{Topology, DLQ_SUFFIX};
 
 /// The topology's queues under a prefix, with an SQS client.
-pub(crate) struct Fleet {
+pub(crate) struct Deployment {
     pub(crate) sqs: aws_sdk_sqs::Client,
     /// For `ApproximateAgeOfOldestMessage`, which SQS publishes only there.
     pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
@@ -14,7 +15,7 @@ pub(crate) struct Fleet {
     pub(crate) topology: Topology,
 }
 
-impl Fleet {
+impl Deployment {
     /// Checks that `key` names a queue of the topology.
     pub(crate) fn check(&self, key: &str) -> Result<()> {
         if !self.topology.queues.contains_key(key) {
