@@ -1,5 +1,5 @@
 # Sourced by the LocalStack scripts: where things are and how LocalStack is configured.
-# Verified settings and why: docs/localstack.md; summary in README.md.
+# Verified settings and why: docs/localstack.md.
 FLEET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LS_DIR="$FLEET_ROOT/.localstack"
 LS_VENV="$LS_DIR/venv"

@@ -880,7 +880,7 @@ fn keda_manifest(topology: &Value, name: &str, worker: &Value) -> Result<String>
 # Fill in {placeholders} with envsubst (docs/image-and-ci.md, "KEDA").
 #
 # desired replicas = ceil((visible + in flight) / queueLength), within [min, max]: the formula
-# of the in-process scaler and of the ECS service (README "Scaling by queue depth"), with
+# of the in-process scaler and of the ECS service (docs/engine.md, "Scaling by queue depth"), with
 # topology.json's min_tasks {min_tasks}, max_tasks {max_tasks}, target_backlog_per_task {backlog}.
 {fifo_note}apiVersion: v1
 kind: ServiceAccount

@@ -13,7 +13,8 @@
 //! - `localstack/stop.sh --pid` leaves a process that is not LocalStack alone.
 //!
 //! Starting and stopping LocalStack for real (Ctrl-C, a second Ctrl-C, a crashed worker) is
-//! slow and was checked by hand; see the README's "The local stack".
+//! slow and was checked by hand; see the README's "Two commands" and docs/localstack.md,
+//! "Starting and stopping".
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

@@ -212,7 +212,7 @@ async fn redeliveries_and_repeated_responses_give_one_request_and_one_decision()
     };
     // The same response twice, the second after the first was applied (moto, which serves
     // DynamoDB here, restores whole tables when a transaction fails, so concurrent
-    // transactions of which one fails are not emulated faithfully; see the README).
+    // transactions of which one fails are not emulated faithfully; see docs/localstack.md).
     respond(json!({"post_id": "post-twice", "decision": "APPROVED"})).await?;
     approvals
         .wait_for_total("succeeded", 1, Duration::from_secs(30))

@@ -364,7 +364,7 @@ async fn duplicates_received_by_two_workers_at_once_make_one_vpc() -> Result<()>
     // the same time for the whole request, and a lease renewed only at checkpoints would lapse
     // during each call. (With a 2 s lease, a loaded CI machine once let a renewal arrive late:
     // the other copy took over while the first's CreateVpc was in flight, and two VPCs were
-    // made. That race is real and open; see the README's VPC section.)
+    // made. That race is real and open; see docs/api-vpcs.md, vpc-worker's step 3.)
     let mut slow = Proxy::reserve(Duration::from_secs(4)).await?;
     slow.start().await?;
     let slow_env = env(

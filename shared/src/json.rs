@@ -2,7 +2,7 @@
 //!
 //! API Gateway validates a body against the route's JSON schema and queues it byte for byte;
 //! the worker parses it again. Whatever the validator let through, the worker must read the
-//! same way (README, "What the gateway accepts, the worker keeps"):
+//! same way (docs/api.md, "What the gateway accepts, the worker keeps"):
 //!
 //! - **Duplicate keys**: both validators (API Gateway's, and the Python one LocalStack runs)
 //!   read `{"a": 1, "a": 2}` as `{"a": 2}`: the last one wins. [`from_body`] does the same,

@@ -2,7 +2,7 @@
 //!
 //! Workers are I/O-bound: a handler mostly waits on AWS. One thread then does the same work
 //! with far fewer wake-ups and cross-thread hand-offs than a work-stealing pool (measured: see
-//! the README's benchmark section), so one thread is the default. CPU-heavy handlers can ask
+//! docs/benchmarks.md), so one thread is the default. CPU-heavy handlers can ask
 //! for more; a fleet scales out by processes (tasks) anyway.
 //!
 //! ## Coalescing wake-ups

@@ -204,7 +204,7 @@ resource "aws_appautoscaling_target" "this" {
 }
 
 # Backlog per task = (visible + in flight) / running tasks, kept near the target: the same
-# formula as the in-process scaler and KEDA (README "Scaling by queue depth").
+# formula as the in-process scaler and KEDA (docs/engine.md, "Scaling by queue depth").
 resource "aws_appautoscaling_policy" "backlog_per_task" {
   name               = "${var.name}-backlog-per-task"
   policy_type        = "TargetTrackingScaling"
