@@ -171,7 +171,7 @@ module "queue" {
   dlq_retention_seconds        = each.value.dlq_retention_secs
   kms_key_arn                  = aws_kms_key.fleet.arn
   alarm_topic_arn              = aws_sns_topic.alarms.arn
-  oldest_message_alarm_seconds = var.oldest_message_alarm_seconds
+  oldest_message_alarm_seconds = try(each.value.oldest_message_alarm_secs, var.oldest_message_alarm_seconds)
 }
 
 module "table" {

@@ -500,13 +500,31 @@ impl Worker {
         self.child.id().expect("running")
     }
 
-    /// The running totals of the latest metric line.
-    pub fn totals(&self) -> HashMap<String, u64> {
+    /// Every metric line so far (CloudWatch EMF documents), parsed; lines that are not JSON
+    /// are left out.
+    pub fn metric_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect()
+    }
+
+    /// The latest main metric line: the one with the running `totals` (a line of labelled
+    /// metrics, when a worker has any, comes before it).
+    fn latest_main_line(&self) -> Option<serde_json::Value> {
         let lines = self.stdout.lock().unwrap();
         lines
             .iter()
             .rev()
-            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.get("totals").is_some())
+    }
+
+    /// The running totals of the latest metric line.
+    pub fn totals(&self) -> HashMap<String, u64> {
+        self.latest_main_line()
             .and_then(|v| serde_json::from_value(v["totals"].clone()).ok())
             .unwrap_or_default()
     }
@@ -515,14 +533,10 @@ impl Worker {
         self.totals().get(name).copied().unwrap_or(0)
     }
 
-    /// A point-in-time value (`concurrency`, `in_flight`) of the latest metric line.
+    /// A point-in-time value (`concurrency`, `in_flight`, `breaker_open`) of the latest metric
+    /// line.
     pub fn gauge(&self, name: &str) -> Option<u64> {
-        let lines = self.stdout.lock().unwrap();
-        lines
-            .iter()
-            .rev()
-            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .and_then(|v| v[name].as_u64())
+        self.latest_main_line().and_then(|v| v[name].as_u64())
     }
 
     /// Waits until the worker's metric lines report `total(name) >= at_least`.
@@ -531,6 +545,17 @@ impl Worker {
             Ok((self.total(name) >= at_least).then_some(()))
         })
         .await
+    }
+
+    /// Log lines (parsed JSON, whole: `fields`, `target`, `span`...) of a target.
+    pub fn log_lines(&self, target: &str) -> Vec<serde_json::Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == target)
+            .collect()
     }
 
     /// Log lines (parsed JSON) whose `fields` contain `key`.

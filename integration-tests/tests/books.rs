@@ -371,9 +371,29 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
         .visibility_timeout(0)
         .send()
         .await?;
+    // An idempotency conflict would fail again the same way: refused unless forced.
     let (code, out, err) = fleetctl(
         &stack,
         &["dlq", "redrive", "books-commands", "--method", "batch"],
+    )
+    .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let summary: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (&summary["moved"], &summary["refused"]),
+        (&json!(0), &json!(1)),
+        "{summary}"
+    );
+    let (code, out, err) = fleetctl(
+        &stack,
+        &[
+            "dlq",
+            "redrive",
+            "books-commands",
+            "--method",
+            "batch",
+            "--force",
+        ],
     )
     .await?;
     assert_eq!(code, 0, "{out}{err}");

@@ -1,6 +1,8 @@
 //! The engine's queue mechanics against LocalStack's SQS, with small in-process handlers
 //! whose timing the tests control: heartbeat, a slow message beside fast ones, hand-back on
-//! shutdown, panics, order per group on a FIFO queue.
+//! shutdown, panics, order per group on a FIFO queue. Then what a worker (payments-worker, the
+//! binary) tells about its messages: a request followed by its id into the log, the metrics on
+//! the Prometheus endpoint and in the EMF lines.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,8 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use aws_sdk_sqs::types::{MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
 use fleet::{CancellationToken, Engine, EngineConfig, Handler, Message, Metrics, Outcome};
-use integration_tests::{eventually, sdk_config, Stack};
+use integration_tests::{
+    eventually, payment_body, payments, sdk_config, send_payments, send_payments_with, string_attr,
+    Stack, Worker,
+};
+use serde_json::Value;
 
 /// Sleeps for the number of milliseconds in the body (`panic` panics), counting calls by body.
 #[derive(Default)]
@@ -352,5 +359,246 @@ async fn fifo_keeps_order_per_group_and_a_retry_holds_back_only_its_group() -> R
     .await?;
     run.shutdown.cancel();
     run.task.await?;
+    Ok(())
+}
+
+// ---- Following a request, and the metrics a worker exports (payments-worker, the binary) ----
+
+const PAYMENTS: &str = "payments-worker";
+
+/// The line a finished message writes (target `fleet::message`) whose field `key` is `value`.
+fn finished_line(worker: &Worker, key: &str, value: &str) -> Option<Value> {
+    worker
+        .log_lines("fleet::message")
+        .into_iter()
+        .find(|l| l["fields"][key] == value)
+}
+
+#[tokio::test]
+async fn a_requests_id_and_trace_follow_it_into_the_workers_log() -> Result<()> {
+    let stack = Stack::provision().await?;
+    // Short polls: a receive still open on LocalStack when this worker stops would take the
+    // next worker's message.
+    let worker = Worker::spawn(
+        PAYMENTS,
+        &stack.worker_env_with(PAYMENTS, &[("FLEET_WAIT_TIME_SECS", "1")]),
+    )?;
+
+    // Through the gateway: its 202 names the request; the worker's line for it says what
+    // became of that request, and every line logged while it was handled carries the id.
+    let accepted: Value = stack
+        .api(reqwest::Method::PUT, "/payments/follow-1")
+        .header("content-type", "application/json")
+        .body(payment_body("user-1", "10.50"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let request_id = accepted["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned();
+    let message_id = accepted["message_id"]
+        .as_str()
+        .expect("message_id")
+        .to_owned();
+    let line = eventually(Duration::from_secs(30), "the finished line", || async {
+        Ok(finished_line(&worker, "request_id", &request_id))
+    })
+    .await?;
+    let fields = &line["fields"];
+    assert_eq!(fields["message"], "message finished", "{line}");
+    assert_eq!(fields["outcome"], "done", "{line}");
+    assert_eq!(fields["message_id"], message_id.as_str(), "{line}");
+    assert!(fields["elapsed_ms"].is_u64(), "{line}");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["span"]["request_id"], request_id.as_str(), "{line}");
+    assert_eq!(line["span"]["message_id"], message_id.as_str(), "{line}");
+
+    // Sent with an X-Ray trace header (as SQS keeps it from a traced sender): the span
+    // carries it, so the logs join the trace.
+    let trace = "Root=1-67891233-abcdef012345678912345678;Parent=53995c3f42cd8ad8;Sampled=1";
+    let queue = &stack.queue("payments").url;
+    stack
+        .sqs
+        .send_message()
+        .queue_url(queue)
+        .message_body(payment_body("user-2", "3"))
+        .message_attributes("paymentId", string_attr("follow-2"))
+        .message_attributes("requestId", string_attr("req-follow-2"))
+        .message_system_attributes(
+            MessageSystemAttributeNameForSends::AwsTraceHeader,
+            MessageSystemAttributeValue::builder()
+                .data_type("String")
+                .string_value(trace)
+                .build()?,
+        )
+        .send()
+        .await?;
+    let line = eventually(Duration::from_secs(30), "the traced line", || async {
+        Ok(finished_line(&worker, "request_id", "req-follow-2"))
+    })
+    .await?;
+    assert_eq!(line["span"]["trace_header"], trace, "{line}");
+    assert_eq!(line["fields"]["outcome"], "done", "{line}");
+    // A repeated payment is a duplicate, and says so.
+    send_payments_with(
+        &stack.sqs,
+        queue,
+        &[("follow-2".to_owned(), payment_body("user-2", "3"))],
+        &[],
+    )
+    .await?;
+    let line = eventually(Duration::from_secs(30), "the duplicate's line", || async {
+        Ok(finished_line(&worker, "request_id", "direct-follow-2"))
+    })
+    .await?;
+    assert_eq!(line["fields"]["outcome"], "duplicate", "{line}");
+    worker.terminate(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // RUST_LOG=fleet::message=warn turns the line off, and only it.
+    let quiet = Worker::spawn(
+        PAYMENTS,
+        &stack.worker_env_with(PAYMENTS, &[("RUST_LOG", "fleet::message=warn")]),
+    )?;
+    send_payments(
+        &stack.sqs,
+        queue,
+        &[("follow-3".to_owned(), payment_body("u", "1"))],
+    )
+    .await?;
+    quiet
+        .wait_for_total("succeeded", 1, Duration::from_secs(30))
+        .await?;
+    let (_, _, quiet) = quiet.terminate(Duration::from_secs(30)).await?;
+    assert!(
+        quiet.log_lines("fleet::message").is_empty(),
+        "{}",
+        quiet.stderr_text()
+    );
+    assert!(
+        quiet.stderr_text().contains("engine started"),
+        "other info lines stay: {}",
+        quiet.stderr_text()
+    );
+    Ok(())
+}
+
+/// Checks an EMF document as CloudWatch reads it: the `_aws.CloudWatchMetrics` directives,
+/// every dimension and every metric they name present at the top level, a metric a number or a
+/// distribution (`Values` and `Counts` of the same length, at most 100, that add up to `Count`).
+fn check_emf(doc: &Value) {
+    let aws = &doc["_aws"];
+    assert!(aws["Timestamp"].is_u64(), "{doc}");
+    let directives = aws["CloudWatchMetrics"].as_array().expect("directives");
+    assert!(!directives.is_empty(), "{doc}");
+    for directive in directives {
+        assert_eq!(directive["Namespace"], fleet::metrics::NAMESPACE, "{doc}");
+        for set in directive["Dimensions"].as_array().expect("dimension sets") {
+            for name in set.as_array().expect("a dimension set") {
+                let name = name.as_str().expect("a dimension name");
+                assert!(doc[name].is_string(), "dimension {name} in {doc}");
+            }
+        }
+        for metric in directive["Metrics"].as_array().expect("metrics") {
+            let name = metric["Name"].as_str().expect("a metric name");
+            match &doc[name] {
+                Value::Number(_) => {}
+                Value::Object(d) => {
+                    let values = d["Values"].as_array().expect("Values");
+                    let counts = d["Counts"].as_array().expect("Counts");
+                    assert_eq!(values.len(), counts.len(), "{name} in {doc}");
+                    assert!((1..=100).contains(&values.len()), "{name} in {doc}");
+                    let total: u64 = counts.iter().filter_map(Value::as_u64).sum();
+                    assert_eq!(d["Count"].as_u64(), Some(total), "{name} in {doc}");
+                    for stat in ["Min", "Max", "Sum"] {
+                        assert!(d[stat].is_number(), "{name}.{stat} in {doc}");
+                    }
+                }
+                other => panic!("metric {name} is {other} in {doc}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_reach_prometheus_and_cloudwatch_as_distributions() -> Result<()> {
+    let stack = Stack::provision().await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let worker = Worker::spawn(
+        PAYMENTS,
+        &stack.worker_env_with(PAYMENTS, &[("FLEET_PROMETHEUS_PORT", &port.to_string())]),
+    )?;
+    let queue = stack.queue("payments").clone();
+    send_payments(&stack.sqs, &queue.url, &payments("prom", 20)).await?;
+    worker
+        .wait_for_total("succeeded", 20, Duration::from_secs(60))
+        .await?;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let labels = format!(r#"{{worker="{PAYMENTS}",queue="{}"}}"#, queue.name);
+    let scraped = eventually(Duration::from_secs(10), "the scrape with 20 stored", || {
+        let (url, labels) = (url.clone(), labels.clone());
+        async move {
+            let text = reqwest::get(&url).await?.error_for_status()?.text().await?;
+            let stored = format!("fleet_succeeded_total{labels} 20");
+            Ok(text.lines().any(|l| l == stored).then_some(text))
+        }
+    })
+    .await?;
+    let value = |name: &str| -> Option<f64> {
+        let prefix = format!("{name}{labels} ");
+        scraped
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+    };
+    assert_eq!(value("fleet_received_total"), Some(20.0), "{scraped}");
+    assert_eq!(
+        value("fleet_dynamodb_writes_total"),
+        Some(20.0),
+        "{scraped}"
+    );
+    assert_eq!(
+        value("fleet_handler_latency_ms_count"),
+        Some(20.0),
+        "{scraped}"
+    );
+    for name in [
+        "fleet_dead_lettered_total",
+        "fleet_retried_total",
+        "fleet_requeued_total",
+        "fleet_parked_total",
+        "fleet_breaker_opened_total",
+        "fleet_breaker_open",
+    ] {
+        assert_eq!(value(name), Some(0.0), "{name} in {scraped}");
+    }
+    assert!(
+        value("fleet_sqs_calls_total").is_some_and(|v| v >= 2.0),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("fleet_handler_latency_ms_bucket{"),
+        "a histogram Prometheus can sum across pods: {scraped}"
+    );
+    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(code, Some(0));
+
+    let lines = worker.metric_lines();
+    assert!(!lines.is_empty());
+    for doc in &lines {
+        check_emf(doc);
+    }
+    let handled: u64 = lines
+        .iter()
+        .filter_map(|d| d[fleet::metrics::HANDLER_LATENCY]["Count"].as_u64())
+        .sum();
+    assert_eq!(handled, 20, "each handler latency once, as a distribution");
+    let succeeded: u64 = lines.iter().filter_map(|d| d["succeeded"].as_u64()).sum();
+    assert_eq!(succeeded, 20, "counts since the previous line add up");
+    assert_eq!(worker.total("succeeded"), 20);
     Ok(())
 }

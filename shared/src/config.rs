@@ -219,13 +219,19 @@ impl EngineConfig {
     }
 }
 
-/// Log output settings.
+/// Log and metric output settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryConfig {
     /// Log format on stderr: `text` for people, `json` for log pipelines. Levels and targets come
-    /// from `RUST_LOG` (default `info`).
+    /// from `RUST_LOG`, over a default of `info` (`RUST_LOG=fleet::message=warn` silences the
+    /// line each finished message writes, and nothing else).
     #[arg(long, env = "FLEET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Serve the metrics for Prometheus on this port (all interfaces; any path, e.g.
+    /// `/metrics`), beside the EMF lines on stdout. None: no endpoint.
+    #[arg(long, env = "FLEET_PROMETHEUS_PORT")]
+    pub prometheus_port: Option<u16>,
 }
 
 /// Log line format.

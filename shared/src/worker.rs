@@ -43,7 +43,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub engine: EngineConfig,
 
-    /// Logging.
+    /// Logs and the Prometheus endpoint.
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 
@@ -65,14 +65,19 @@ pub enum WorkerError {
     /// The engine could not start on its queue.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// FLEET_PROMETHEUS_PORT could not be served.
+    #[error(transparent)]
+    Prometheus(#[from] crate::metrics::PrometheusError),
     /// FLEET_GROUP_TABLE was set for a worker built without DynamoDB.
     #[error("FLEET_GROUP_TABLE={0} needs the engine's `dynamodb` feature, which this worker is built without")]
     NoGroupStore(String),
 }
 
 /// Runs a worker until SIGTERM or Ctrl-C: sets up logs, builds the runtime, loads the AWS
-/// configuration, asks `make_handler` for the handler (with the SDK configuration for its own
-/// clients and the metrics for its own counters), then runs the engine and drains.
+/// configuration, makes the process's metrics the `metrics` facade's recorder (and serves them
+/// for Prometheus with `FLEET_PROMETHEUS_PORT`), asks `make_handler` for the handler (with the
+/// SDK configuration for its own clients and the metrics for its own counters), then runs the
+/// engine and drains.
 /// `name` is the worker's name in logs and metrics unless `FLEET_WORKER_NAME` says otherwise.
 ///
 /// # Errors
@@ -108,6 +113,14 @@ where
     runtime.build()?.block_on(async move {
         let sdk = aws::load_config().await;
         let metrics = Metrics::new();
+        crate::metrics::install(metrics.clone());
+        if let Some(port) = telemetry.prometheus_port {
+            let worker = engine.worker_name.as_deref().unwrap_or(name);
+            let queue = crate::engine::queue_name(&engine.queue_url);
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+            crate::metrics::serve_prometheus(&metrics, addr, worker, &queue)?;
+            tracing::info!(%addr, "serving Prometheus metrics");
+        }
         let handler = make_handler(sdk.clone(), metrics.clone()).await;
         let group_table = engine.group_table.clone();
         let engine = Engine::new(aws::sqs_client(&sdk), engine, handler, metrics);

@@ -16,23 +16,23 @@ use super::dead_letter::send_to_dlq;
 use super::groups::{self, LineStop, Verdict};
 use super::handle::process;
 use super::settle::{change_visibility_many, retry_later};
-use super::{Flow, Shared};
+use super::{Delivery, Flow, Shared};
 use crate::message::{Handler, Message};
 use crate::metrics::Metrics;
 use crate::outcome::Reason;
 
 /// Splits a FIFO batch into its message groups: groups in order of first appearance, each
 /// group's messages in the order SQS returned them (their order in the queue).
-pub(super) fn in_groups(messages: Vec<Message>) -> Vec<(String, Vec<Message>)> {
-    let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
+pub(super) fn in_groups(deliveries: Vec<Delivery>) -> Vec<(String, Vec<Delivery>)> {
+    let mut groups: Vec<(String, Vec<Delivery>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for message in messages {
-        let group = message.group_id.clone().unwrap_or_default();
+    for delivery in deliveries {
+        let group = delivery.message.group_id.clone().unwrap_or_default();
         match index.get(&group) {
-            Some(&i) => groups[i].1.push(message),
+            Some(&i) => groups[i].1.push(delivery),
             None => {
                 index.insert(group.clone(), groups.len());
-                groups.push((group, vec![message]));
+                groups.push((group, vec![delivery]));
             }
         }
     }
@@ -63,7 +63,14 @@ pub(super) async fn process_group<H: Handler>(shared: Arc<Shared<H>>, group: Str
             }
             next
         };
-        let Some((message, permit)) = next else {
+        let Some((
+            Delivery {
+                message,
+                trace_header,
+            },
+            permit,
+        )) = next
+        else {
             return;
         };
         if let (Some(store), Some(line), true) = (
@@ -106,9 +113,13 @@ pub(super) async fn process_group<H: Handler>(shared: Arc<Shared<H>>, group: Str
         } else {
             (message, permit)
         };
+        let delivery = Delivery {
+            message,
+            trace_header,
+        };
         let flow = process(
             &shared,
-            message,
+            delivery,
             permit,
             Some(&group),
             &mut extended,
@@ -182,7 +193,7 @@ async fn park<H: Handler>(shared: &Shared<H>, message: Message, line: &mut LineS
 async fn hold_back<H: Handler>(shared: &Shared<H>, group: &str, secs: i32) {
     let behind = if secs == 0 { 0 } else { secs + 1 };
     loop {
-        let rest: Vec<(Message, OwnedSemaphorePermit)> = {
+        let rest: Vec<(Delivery, OwnedSemaphorePermit)> = {
             let mut groups = shared.groups.lock().expect("groups lock");
             let line = groups.get_mut(group).expect("a running group has a line");
             if line.is_empty() {
@@ -191,8 +202,10 @@ async fn hold_back<H: Handler>(shared: &Shared<H>, group: &str, secs: i32) {
             }
             line.drain(..).collect()
         };
-        let (messages, permits): (Vec<Message>, Vec<OwnedSemaphorePermit>) =
-            rest.into_iter().unzip();
+        let (messages, permits): (Vec<Message>, Vec<OwnedSemaphorePermit>) = rest
+            .into_iter()
+            .map(|(d, permit)| (d.message, permit))
+            .unzip();
         for permit in permits {
             shared.limit.release(permit);
         }
@@ -220,7 +233,7 @@ pub(super) fn waiting_in<H: Handler>(shared: &Shared<H>, group: Option<&String>)
     let groups = shared.groups.lock().expect("groups lock");
     groups
         .get(group)
-        .map(|line| line.iter().map(|(m, _)| m.clone()).collect())
+        .map(|line| line.iter().map(|(d, _)| d.message.clone()).collect())
         .unwrap_or_default()
 }
 
@@ -228,22 +241,26 @@ pub(super) fn waiting_in<H: Handler>(shared: &Shared<H>, group: Option<&String>)
 mod tests {
     use super::*;
 
-    fn in_group(id: &str, group: &str) -> Message {
-        Message {
-            message_id: id.into(),
-            group_id: Some(group.into()),
-            ..Message::default()
+    fn in_group(id: &str, group: &str) -> Delivery {
+        Delivery {
+            message: Message {
+                message_id: id.into(),
+                group_id: Some(group.into()),
+                ..Message::default()
+            },
+            trace_header: None,
         }
     }
 
     #[test]
     fn a_fifo_batch_splits_into_groups_keeping_order() {
         let batch = ["a1", "b1", "a2", "c1", "b2", "a3"]
+            .into_iter()
             .map(|id| in_group(id, &id[..1]))
-            .to_vec();
+            .collect();
         let groups: Vec<Vec<String>> = in_groups(batch)
             .into_iter()
-            .map(|(_, g)| g.into_iter().map(|m| m.message_id).collect())
+            .map(|(_, g)| g.into_iter().map(|d| d.message.message_id).collect())
             .collect();
         assert_eq!(
             groups,

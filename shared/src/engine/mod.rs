@@ -114,6 +114,13 @@ pub struct QueueSettings {
     pub fifo: bool,
 }
 
+/// A received message, and what the engine keeps beside it for its span.
+struct Delivery {
+    message: Message,
+    /// SQS's `AWSTraceHeader` system attribute (the X-Ray trace it was sent in), when present.
+    trace_header: Option<String>,
+}
+
 /// What a settled message means for the rest of its FIFO group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -180,7 +187,7 @@ struct Shared<H> {
     limit: Limit,
     /// FIFO: the groups being handled in this process, each with the messages waiting their
     /// turn (each holding its permit).
-    groups: Mutex<HashMap<String, VecDeque<(Message, OwnedSemaphorePermit)>>>,
+    groups: Mutex<HashMap<String, VecDeque<(Delivery, OwnedSemaphorePermit)>>>,
     /// When the engine last made progress (for container health checks).
     progress: Arc<crate::health::Progress>,
     /// FIFO queues: stopped groups (see `groups.rs`).

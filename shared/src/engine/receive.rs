@@ -15,7 +15,7 @@ use tracing::error;
 use super::breaker::Admit;
 use super::fifo::{in_groups, process_group};
 use super::handle::process;
-use super::{Engine, Shared, BATCH_FILL_WAIT};
+use super::{Delivery, Engine, Shared, BATCH_FILL_WAIT};
 use crate::aws_error::{classify, AwsError};
 use crate::config::SQS_MAX_BATCH;
 use crate::message::{Handler, Message};
@@ -71,11 +71,11 @@ impl<H: Handler> Engine<H> {
                     .probe_received(received.as_ref().map_or(0, Vec::len));
             }
             match received {
-                Ok(messages) => {
+                Ok(deliveries) => {
                     shared.progress.mark();
                     errors = receive_backoff();
                     if shared.settings.fifo {
-                        for (group, messages) in in_groups(messages) {
+                        for (group, messages) in in_groups(deliveries) {
                             let line = messages
                                 .into_iter()
                                 .map(|m| (m, batch.split(1).expect("a permit per message")));
@@ -89,11 +89,11 @@ impl<H: Handler> Engine<H> {
                             }
                         }
                     } else {
-                        for message in messages {
+                        for delivery in deliveries {
                             let permit = batch.split(1).expect("one permit per message");
                             let shared = shared.clone();
                             tasks.spawn(async move {
-                                process(&shared, message, permit, None, &mut Instant::now(), None)
+                                process(&shared, delivery, permit, None, &mut Instant::now(), None)
                                     .await;
                             });
                         }
@@ -116,7 +116,7 @@ impl<H: Handler> Engine<H> {
         tasks
     }
 
-    async fn receive(&self, shared: &Shared<H>, max: u32) -> Result<Vec<Message>, AwsError> {
+    async fn receive(&self, shared: &Shared<H>, max: u32) -> Result<Vec<Delivery>, AwsError> {
         Metrics::incr(&self.metrics.sqs_calls);
         // FIFO: an id per receive lets the SDK's retry of a lost answer get the same messages
         // back instead of leaving them (and their groups) invisible until the timeout.
@@ -136,15 +136,27 @@ impl<H: Handler> Engine<H> {
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
+            // An X-Ray trace the message was sent in goes on with it (on its span).
+            .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
             .message_attribute_names("All")
             .send()
             .await
             .map_err(|e| classify(&e))?;
-        let messages: Vec<Message> = output
+        let messages: Vec<Delivery> = output
             .messages
             .unwrap_or_default()
             .into_iter()
-            .filter_map(Message::from_sdk)
+            .filter_map(|mut message| {
+                let trace_header = message
+                    .attributes
+                    .as_mut()
+                    .and_then(|system| system.remove(&MessageSystemAttributeName::AwsTraceHeader));
+                let message = Message::from_sdk(message)?;
+                Some(Delivery {
+                    message,
+                    trace_header,
+                })
+            })
             .collect();
         self.metrics
             .received

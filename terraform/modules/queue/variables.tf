@@ -73,6 +73,11 @@ variable "oldest_message_alarm_seconds" {
   description = "Alarm when the oldest message in the queue is older than this many seconds."
   type        = number
   default     = 900
+
+  validation {
+    condition     = var.oldest_message_alarm_seconds >= 60
+    error_message = "oldest_message_alarm_seconds: at least 60 (the alarm's period)."
+  }
 }
 
 variable "tags" {
