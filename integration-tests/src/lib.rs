@@ -565,6 +565,9 @@ impl Worker {
             .unwrap()
             .iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            // Not the one-line summary of each finished message (`log_lines("fleet::message")`),
+            // which repeats the outcome's fields.
+            .filter(|v| v["target"] != "fleet::message")
             .filter(|v| v["fields"].get(key).is_some())
             .map(|v| v["fields"].clone())
             .collect()
