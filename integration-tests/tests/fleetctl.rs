@@ -597,7 +597,7 @@ async fn dlq_check_exits_3_when_a_dlq_holds_messages() -> Result<()> {
 async fn export_reads_each_message_once_when_a_pass_outlasts_the_hide_time() -> Result<()> {
     const N: usize = 1000;
     const HIDE: Duration = Duration::from_secs(1);
-    const HELD: Duration = Duration::from_secs(4);
+    const HELD: Duration = Duration::from_secs(1);
     let stack = Stack::provision().await?;
     let dlq = stack.queue("payments").dlq_url.clone();
     dead_letter(
