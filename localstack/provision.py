@@ -56,9 +56,34 @@ def fragment_values(document: Path) -> dict[str, str]:
     return {k: v.strip() for k, v in fragments.items() if k != "//"}
 
 
+# What each service's fragment (services/*.yaml beside the document) is: comment lines, `paths:`
+# and its path items, then `components:` / `  schemas:` and its schemas. The same expression is
+# in Terraform's modules/api-document.
+SERVICE_FRAGMENT = re.compile(r"^(?:#[^\n]*\n)*paths:\n(.*\n)components:\n  schemas:\n(.*)$", re.S)
+PATHS_MARKER = "  # <each service's paths: services/*.yaml>\n"
+SCHEMAS_MARKER = "    # <each service's schemas: services/*.yaml>\n"
+
+
+def assemble_document(document: Path) -> str:
+    """The document with every service's fragment in place, services in file-name order (as
+    Terraform's fileset lists them)."""
+    paths, schemas = [], []
+    for fragment in sorted((document.parent / "services").glob("*.yaml"), key=lambda p: p.name):
+        m = SERVICE_FRAGMENT.match(fragment.read_text())
+        if m is None:
+            raise SystemExit(f"{fragment}: not a service fragment (comments, paths:, then components: / schemas:)")
+        paths.append(m.group(1))
+        schemas.append(m.group(2))
+    text = document.read_text()
+    for marker in (PATHS_MARKER, SCHEMAS_MARKER):
+        if text.count(marker) != 1:
+            raise SystemExit(f"{document}: the line {marker.strip()!r} must be there once")
+    return text.replace(PATHS_MARKER, "".join(paths)).replace(SCHEMAS_MARKER, "".join(schemas))
+
+
 def render_document(document: Path, names: dict[str, str]) -> str:
     """The API document as Terraform's modules/api-document renders it for the same names."""
-    return render(document.read_text(), {**names, **fragment_values(document)})
+    return render(assemble_document(document), {**names, **fragment_values(document)})
 
 
 class Provisioner:
@@ -313,7 +338,7 @@ def worker_env(topology: dict, queues: dict, tables: dict, topics: dict, buckets
         scaling = w.get("scaling", {})
         for var, key in [
             ("FLEET_MIN_CONCURRENCY", "min_concurrency"),
-            ("FLEET_MAX_IN_FLIGHT", "max_concurrency"),
+            ("FLEET_MAX_CONCURRENCY", "max_concurrency"),
             ("FLEET_TARGET_BACKLOG_PER_UNIT", "target_backlog_per_unit"),
             ("FLEET_SCALE_DOWN_COOLDOWN_SECS", "scale_down_cooldown_secs"),
         ]:

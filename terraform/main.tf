@@ -25,13 +25,14 @@ locals {
   names = merge(
     { for key, q in module.queue : "queue:${key}" => q.name },
     { for key, t in module.table : "table:${key}" => t.name },
-    # The topology's topics and buckets, made in notifications.tf and results.tf.
-    { "topic:notifications" = aws_sns_topic.notifications.arn, "bucket:results" = aws_s3_bucket.results.bucket },
+    # The topology's topics and buckets, made in notifications.tf and buckets.tf.
+    { for key, t in aws_sns_topic.topic : "topic:${key}" => t.arn },
+    { for key, b in aws_s3_bucket.bucket : "bucket:${key}" => b.bucket },
   )
-  arns = {
-    "topic:notifications" = aws_sns_topic.notifications.arn
-    "bucket:results"      = aws_s3_bucket.results.arn
-  }
+  arns = merge(
+    { for key, t in aws_sns_topic.topic : "topic:${key}" => t.arn },
+    { for key, b in aws_s3_bucket.bucket : "bucket:${key}" => b.arn },
+  )
 }
 
 # One customer-managed key for the environment's queues, tables, topics, logs and bucket.

@@ -67,7 +67,8 @@ variable "api_5xx_alarm_percent" {
 
 locals {
   # fleet::metrics::NAMESPACE, and the dimensions of a worker's EMF lines: Worker is its
-  # FLEET_WORKER_NAME (modules/worker: the service's name), Queue the name of its queue.
+  # FLEET_WORKER_NAME (modules/worker: the topology name, as fleetctl status asks for it), Queue
+  # the name of its queue (prefixed: one deployment's).
   metrics_namespace = "QueueFleet"
   api_name          = "${local.prefix}api" # module.api's name (main.tf)
   api_stage         = var.environment      # module.api's stage (main.tf)
@@ -75,7 +76,7 @@ locals {
   # The deployed workers (none without ECS: nothing would report).
   monitored_workers = {
     for name, w in(var.workers_enabled ? local.worker_settings : {}) : name => {
-      worker     = "${local.prefix}${name}"
+      worker     = name
       queue      = module.queue[w.queue].name
       log_group  = "/queue-fleet/${local.prefix}${name}"
       latency_ms = lookup(var.handler_latency_alarm_p99_ms_by_worker, name, var.handler_latency_alarm_p99_ms)
@@ -107,7 +108,7 @@ locals {
 resource "aws_cloudwatch_metric_alarm" "worker_rate" {
   for_each = local.worker_rate_alarms
 
-  alarm_name          = "${each.value.worker}-${replace(each.value.metric, "_", "-")}-rate"
+  alarm_name          = "${local.prefix}${each.value.worker}-${replace(each.value.metric, "_", "-")}-rate"
   alarm_description   = "${each.value.worker} ${each.value.what}."
   comparison_operator = "GreaterThanThreshold"
   threshold           = each.value.threshold
@@ -153,7 +154,7 @@ resource "aws_cloudwatch_metric_alarm" "worker_rate" {
 resource "aws_cloudwatch_metric_alarm" "handler_latency" {
   for_each = local.monitored_workers
 
-  alarm_name          = "${each.value.worker}-handler-latency-p99"
+  alarm_name          = "${local.prefix}${each.value.worker}-handler-latency-p99"
   alarm_description   = "${each.value.worker}: p99 handler latency above ${each.value.latency_ms} ms: a dependency slow, tasks starved of CPU."
   namespace           = local.metrics_namespace
   metric_name         = "handler_latency_ms"

@@ -51,12 +51,12 @@ output "alarm_topic_arn" {
 
 output "notification_topic_arn" {
   description = "SNS topic of the fleet's business notifications."
-  value       = aws_sns_topic.notifications.arn
+  value       = aws_sns_topic.topic["notifications"].arn
 }
 
 output "results_bucket" {
   description = "Name of the results bucket."
-  value       = aws_s3_bucket.results.bucket
+  value       = aws_s3_bucket.bucket["results"].bucket
 }
 
 output "worker_image_repository" {

@@ -29,7 +29,7 @@ locals {
         },
         {
           FLEET_MIN_CONCURRENCY          = tostring(w.scaling.min_concurrency)
-          FLEET_MAX_IN_FLIGHT            = tostring(w.scaling.max_concurrency)
+          FLEET_MAX_CONCURRENCY          = tostring(w.scaling.max_concurrency)
           FLEET_TARGET_BACKLOG_PER_UNIT  = tostring(w.scaling.target_backlog_per_unit)
           FLEET_SCALE_DOWN_COOLDOWN_SECS = tostring(w.scaling.scale_down_cooldown_secs)
         },
@@ -124,6 +124,7 @@ module "worker" {
   for_each = var.workers_enabled ? local.worker_settings : {}
 
   name        = "${local.prefix}${each.key}"
+  worker      = each.key
   cluster_arn = aws_ecs_cluster.fleet[0].arn
   image       = "${aws_ecr_repository.workers[0].repository_url}:${var.image_tag}"
   command     = ["/usr/local/bin/${each.key}"]

@@ -44,7 +44,8 @@ pub(crate) async fn collect(fleet: &Deployment) -> Result<Vec<QueueStatus>> {
             None
         }
     };
-    for (key, spec) in &fleet.topology.queues {
+    for key in fleet.topology.queues.keys() {
+        let worker = fleet.topology.consumer(key).unwrap_or("-").to_owned();
         let url = fleet.url(key, false).await?;
         let dlq = fleet.url(key, true).await?;
         let counts = fleet.counts(&url).await?;
@@ -70,12 +71,10 @@ pub(crate) async fn collect(fleet: &Deployment) -> Result<Vec<QueueStatus>> {
         } else {
             None
         };
-        let breaker = fleet
-            .breaker_open(&spec.worker, &fleet.name(key, false))
-            .await;
+        let breaker = fleet.breaker_open(&worker, &fleet.name(key, false)).await;
         let breaker_open = from_cloudwatch(breaker.map(|open| open.map(u64::from))).map(|v| v == 1);
         out.push(QueueStatus {
-            worker: spec.worker.clone(),
+            worker,
             breaker_open,
             queue: key.clone(),
             counts,

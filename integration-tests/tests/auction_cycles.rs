@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{fleetctl, Answer, Proxy, ScriptedHttp, Stack, Worker};
+use fleet::kind;
+use integration_tests::{
+    dead_letter_kind, fleetctl, number_attribute, Answer, Proxy, ScriptedHttp, Stack, Worker,
+};
 use serde_json::{json, Value};
 
 const WORKER: &str = "results-worker";
@@ -107,7 +110,7 @@ async fn a_scheduled_cycle_not_ready_three_times_is_fetched_four_times_and_fanne
         .await?;
     assert_eq!(worker.total("results_fetches"), 4);
     assert!(fanned_out(&stack).await?.is_empty(), "no second fan-out");
-    let (code, _, _) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, _) = worker.stop().await?;
     assert_eq!(code, Some(0));
     Ok(())
 }
@@ -145,11 +148,7 @@ async fn a_cycle_past_its_deadline_goes_to_the_dlq_with_one_notification() -> Re
         .await?;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body(), Some(r#"{"cycle":"late-1"}"#));
-    let kind = dead[0]
-        .message_attributes()
-        .and_then(|a| a.get("fleet.error.kind"))
-        .and_then(|v| v.string_value());
-    assert_eq!(kind, Some("deadline-exceeded"));
+    assert_eq!(dead_letter_kind(&dead[0]), Some(kind::DEADLINE_EXCEEDED));
 
     let notes = stack.wait_for_messages(&inbox, "the notification").await?;
     // Anything late would have arrived by now: the DLQ copy is written after the publish.
@@ -159,7 +158,7 @@ async fn a_cycle_past_its_deadline_goes_to_the_dlq_with_one_notification() -> Re
     assert_eq!(note["event"], "cycle-deadline-exceeded");
     assert_eq!(note["cycle"], "late-1");
     assert!(fanned_out(&stack).await?.is_empty());
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -243,7 +242,7 @@ async fn a_source_that_times_out_or_answers_garbage_is_retried_and_never_fanned_
         "each retried"
     );
     assert_eq!(worker.total("dead_lettered"), 0);
-    let (code, _, _) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, _) = worker.stop().await?;
     assert_eq!(code, Some(0), "never a crash");
     Ok(())
 }
@@ -393,38 +392,16 @@ async fn a_cycle_record_expires_35_days_after_its_fan_out() -> Result<()> {
     let after = fleet::util::now_ms() / 1000;
     let table = stack.table("auction-cycles");
     let record = stack
-        .dynamodb
-        .get_item()
-        .table_name(table)
-        .key("cycle", AttributeValue::S("ttl-1".into()))
-        .consistent_read(true)
-        .send()
+        .item(table, "cycle", "ttl-1")
         .await?
-        .item
         .context("the cycle record")?;
     assert_eq!(record["status"], AttributeValue::S("FANNED_OUT".into()));
-    let expires: u64 = record
-        .get("expires_at")
-        .and_then(|v| v.as_n().ok())
-        .with_context(|| format!("expires_at in the record: {record:?}"))?
-        .parse()?;
+    let expires = number_attribute(&record, "expires_at")?;
     assert!(
         (before + CYCLE_TTL_SECS..=after + CYCLE_TTL_SECS).contains(&expires),
         "expires_at {expires} not 35 days after the fan-out ({before}..={after})"
     );
-    let ttl = stack
-        .dynamodb
-        .describe_time_to_live()
-        .table_name(table)
-        .send()
-        .await?
-        .time_to_live_description
-        .context("ttl")?;
-    assert_eq!(
-        ttl.time_to_live_status(),
-        Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
-    );
-    assert_eq!(ttl.attribute_name(), Some("expires_at"));
-    worker.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(stack.ttl_attribute(table).await?, "expires_at");
+    worker.stop().await?;
     Ok(())
 }

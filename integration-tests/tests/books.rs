@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use integration_tests::{eventually, fleetctl, string_attr, Stack, Worker};
+use fleet::dlq::names;
+use fleet::kind;
+use integration_tests::{call, dead_letter_kind, eventually, fleetctl, string_attr, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -39,7 +41,7 @@ impl Books {
     ) -> Result<(StatusCode, Value)> {
         let mut request = self
             .http
-            .request(method.clone(), format!("{}{path}", self.url))
+            .request(method, format!("{}{path}", self.url))
             .header("x-api-key", &self.key);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -49,13 +51,7 @@ impl Books {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        let value = serde_json::from_str(&text).with_context(|| {
-            format!("{method} {path} answered {status} with invalid JSON: {text}")
-        })?;
-        Ok((status, value))
+        call(request).await
     }
 
     /// POST /books; returns (book id, request id).
@@ -170,7 +166,7 @@ async fn commands_on_one_book_sent_back_to_back_apply_in_order() -> Result<()> {
         "a full replacement drops what it omits"
     );
     assert_eq!(emma["tags"], json!([]));
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -232,7 +228,7 @@ async fn fifty_books_five_commands_each_interleaved_end_in_their_last_state() ->
         "a command was applied out of order"
     );
     assert_eq!(worker.total("dead_lettered"), 0);
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -270,7 +266,7 @@ async fn a_stale_if_match_changes_nothing_and_the_reason_is_readable() -> Result
         0,
         "rejections are answers, not incidents"
     );
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -310,10 +306,7 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
         .wait_for_messages(&queue.dlq_url, "the reused key in the DLQ")
         .await?;
     let attrs = dead[0].message_attributes().context("attributes")?;
-    assert_eq!(
-        attrs["fleet.error.kind"].string_value(),
-        Some("idempotency-conflict")
-    );
+    assert_eq!(attrs[names::KIND].string_value(), Some(kind::CONFLICT));
     assert!(dead[0]
         .body()
         .unwrap_or_default()
@@ -360,7 +353,7 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
         0,
         "a reused key is never applied: the book's later commands do not wait for it"
     );
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
 
     // The operator tool redrives a FIFO DLQ (hand back the copy received above first).
     stack
@@ -494,7 +487,7 @@ async fn queries_read_by_id_and_page_through_an_author_newest_first() -> Result<
         )
         .await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -589,7 +582,7 @@ async fn bad_requests_are_refused_at_the_gateway_and_a_bad_check_digit_by_the_wo
     assert_eq!(decision["reason"], "invalid-isbn");
     let (status, _) = api.get(&id).await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing stored");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -641,7 +634,7 @@ async fn dead_letter_through_failing_writes(
         .wait_for_messages(&queue.dlq_url, "the command dead-lettered")
         .await
         .with_context(|| worker.stderr_text())?;
-    let (_, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (_, _, worker) = worker.stop().await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -667,12 +660,12 @@ async fn a_command_dead_lettered_twice_and_moved_back_as_is_is_applied() -> Resu
         let copy = dead_letter_through_failing_writes(&stack, &queue, &id).await?;
         let attrs = copy.message_attributes().context("attributes")?;
         assert_eq!(
-            attrs["fleet.error.kind"].string_value(),
-            Some("retries-exhausted"),
+            attrs[names::KIND].string_value(),
+            Some(kind::RETRIES_EXHAUSTED),
             "round {round}: {attrs:?}"
         );
         let folded = attrs
-            .get("fleet.original-attributes")
+            .get(names::ORIGINAL_ATTRIBUTES)
             .and_then(|a| a.string_value())
             .with_context(|| format!("round {round}: the originals are kept: {attrs:?}"))?;
         let folded: Value = serde_json::from_str(folded)?;
@@ -690,7 +683,7 @@ async fn a_command_dead_lettered_twice_and_moved_back_as_is_is_applied() -> Resu
     let (status, stored) = api.get(&id).await?;
     assert_eq!(status, StatusCode::OK, "{stored}");
     assert_eq!(stored["title"], "The Cyberiad");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     assert_eq!(stack.depth(&queue.dlq_url).await?, 0, "nothing left behind");
     assert_eq!(
         stack.count_rows(stack.table("fifo-groups")).await?,
@@ -814,7 +807,7 @@ async fn updates_behind_a_dead_lettered_create_wait_for_it_and_apply_in_order_af
         || async { Ok((stack.depth(&queue.url).await? == 0).then_some(())) },
     )
     .await?;
-    let (_, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (_, _, worker) = worker.stop().await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     faults
         .failing
@@ -834,16 +827,15 @@ async fn updates_behind_a_dead_lettered_create_wait_for_it_and_apply_in_order_af
     let parked = stack.drain(&queue.dlq_url, 10).await?;
     let kinds: Vec<&str> = parked
         .iter()
-        .map(|m| {
-            m.message_attributes()
-                .and_then(|a| a.get("fleet.error.kind"))
-                .and_then(|v| v.string_value())
-                .unwrap_or("-")
-        })
+        .map(|m| dead_letter_kind(m).unwrap_or("-"))
         .collect();
     assert_eq!(
         kinds,
-        ["retries-exhausted", "group-blocked", "group-blocked"],
+        [
+            kind::RETRIES_EXHAUSTED,
+            kind::GROUP_BLOCKED,
+            kind::GROUP_BLOCKED
+        ],
         "the CREATE, then the updates parked behind it"
     );
     assert_eq!(
@@ -877,7 +869,7 @@ async fn updates_behind_a_dead_lettered_create_wait_for_it_and_apply_in_order_af
         || async { Ok((stack.depth(&queue.dlq_url).await? == 4).then_some(())) },
     )
     .await?;
-    let (_, _, _) = worker.terminate(Duration::from_secs(30)).await?;
+    let (_, _, _) = worker.stop().await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (code, out, err) = fleetctl(&stack, &["dlq", "groups", "books-commands"]).await?;
     assert_eq!(code, 0, "{err}");
@@ -906,7 +898,7 @@ async fn updates_behind_a_dead_lettered_create_wait_for_it_and_apply_in_order_af
         },
     )
     .await?;
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     faults
         .failing
@@ -967,7 +959,7 @@ async fn updates_behind_a_dead_lettered_create_wait_for_it_and_apply_in_order_af
         .update(&id, 4, &book("Ubik (5th ed.)", "Philip K. Dick"))
         .await?;
     assert_eq!(api.decision(&id, &fourth).await?["status"], "APPLIED");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     assert_eq!(stack.depth(&queue.dlq_url).await?, 0);
     let (_, out, _) = fleetctl(&stack, &["dlq", "groups", "books-commands"]).await?;
     assert_eq!(out.trim(), "", "nothing stopped any more");

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
+use fleet::dlq::names;
 use fleet::json::Decimal;
-use integration_tests::{api_key_ids, eventually, terminate_all, Stack, Worker};
+use integration_tests::{api_key_ids, call, eventually, terminate_all, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -748,15 +749,7 @@ async fn send(stack: &Stack, case: &Case) -> Result<Answer> {
     for (name, value) in &case.headers {
         request = request.header(*name, value);
     }
-    let response = request.send().await?;
-    let status = response.status();
-    let text = response.text().await?;
-    let body = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} {} answered {status} with no JSON: {text:.300}",
-            case.method, case.path
-        )
-    })?;
+    let (status, body) = call(request).await?;
     Ok(Answer { status, body })
 }
 
@@ -926,9 +919,7 @@ async fn check_stored(stack: &Stack, owner: &str, case: &Case, answer: &Answer) 
 }
 
 async fn send_get(stack: &Stack, path: &str) -> Result<Answer> {
-    let response = stack.api(Method::GET, path).send().await?;
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
+    let (status, body) = stack.call(Method::GET, path, None).await?;
     Ok(Answer { status, body })
 }
 
@@ -1044,8 +1035,8 @@ async fn every_body_the_gateway_accepts_is_stored_and_every_refusal_is_a_4xx_wit
             };
             problems.push(format!(
                 "{q}: dead-lettered ({} {}): {:.300}",
-                reason("fleet.error.kind"),
-                reason("fleet.error.message"),
+                reason(names::KIND),
+                reason(names::MESSAGE),
                 message.body().unwrap_or_default()
             ));
         }

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, ensure, Context, Result};
+use fleet::topology::QueueSpec;
 use integration_tests::root;
 use serde_json::{json, Value};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -765,19 +766,26 @@ const KEDA_PLACEHOLDERS: &[&str] = &[
 /// Terraform's name of a topology queue, table or topic: `<project>-<environment>-<key>`, a
 /// FIFO queue with `.fifo` (terraform/main.tf, modules/queue).
 fn deployed_name(key: &str) -> String {
-    format!("{PROJECT}-${{ENVIRONMENT}}-{key}")
+    format!("{}{key}", deployed_prefix())
+}
+
+/// Terraform's prefix of every name: `<project>-<environment>-`.
+fn deployed_prefix() -> String {
+    format!("{PROJECT}-${{ENVIRONMENT}}-")
+}
+
+/// Terraform's name of topology queue `key` (`dlq`: of its dead-letter queue), by the engine's
+/// rule ([`QueueSpec::name`]).
+fn deployed_queue_name(topology: &Value, key: &str, dlq: bool) -> String {
+    let spec: QueueSpec = serde_json::from_value(topology["queues"][key].clone())
+        .unwrap_or_else(|e| panic!("queue {key} of topology.json: {e}"));
+    spec.name(&deployed_prefix(), key, dlq)
 }
 
 fn queue_url(topology: &Value, key: &str, dlq: bool) -> String {
-    let fifo = if topology["queues"][key]["fifo"].as_bool() == Some(true) {
-        ".fifo"
-    } else {
-        ""
-    };
-    let dlq = if dlq { "-dlq" } else { "" };
     format!(
-        "https://sqs.${{AWS_REGION}}.amazonaws.com/${{AWS_ACCOUNT_ID}}/{}{dlq}{fifo}",
-        deployed_name(key)
+        "https://sqs.${{AWS_REGION}}.amazonaws.com/${{AWS_ACCOUNT_ID}}/{}",
+        deployed_queue_name(topology, key, dlq)
     )
 }
 
@@ -824,7 +832,7 @@ fn keda_manifest(topology: &Value, name: &str, worker: &Value) -> Result<String>
     }
     for (key, scaling_key) in [
         ("FLEET_MIN_CONCURRENCY", "min_concurrency"),
-        ("FLEET_MAX_IN_FLIGHT", "max_concurrency"),
+        ("FLEET_MAX_CONCURRENCY", "max_concurrency"),
         ("FLEET_TARGET_BACKLOG_PER_UNIT", "target_backlog_per_unit"),
         ("FLEET_SCALE_DOWN_COOLDOWN_SECS", "scale_down_cooldown_secs"),
     ] {
@@ -845,7 +853,7 @@ fn keda_manifest(topology: &Value, name: &str, worker: &Value) -> Result<String>
         ("FLEET_HEALTH_MAX_AGE_SECS", "120".to_owned()),
         ("FLEET_SHUTDOWN_GRACE_SECS", grace.to_string()),
         ("FLEET_LOG_FORMAT", "json".to_owned()),
-        ("FLEET_WORKER_NAME", deployed_name(name)),
+        ("FLEET_WORKER_NAME", name.to_owned()),
         ("FLEET_SCALER_PROCESSES", min_tasks.max(1).to_string()),
     ] {
         env.insert(key.to_owned(), value);
@@ -1114,15 +1122,11 @@ fn keda_manifests_run_the_image_and_scale_on_terraforms_queue() -> Result<()> {
             "{name}: queueLength is target_backlog_per_task, in-flight messages count"
         );
         let queue = worker["queue"].as_str().context("queue")?;
-        let suffix = if topology["queues"][queue]["fifo"] == json!(true) {
-            ".fifo"
-        } else {
-            ""
-        };
+        let queue_name = deployed_queue_name(&topology, queue, false);
         let url = metadata["queueURL"].as_str().context("queueURL")?;
         ensure!(
-            url.ends_with(&format!("/{PROJECT}-${{ENVIRONMENT}}-{queue}{suffix}")),
-            "{name}: the queue Terraform names {PROJECT}-<environment>-{queue}{suffix}, not {url}"
+            url.ends_with(&format!("/{queue_name}")),
+            "{name}: the queue Terraform names {queue_name}, not {url}"
         );
         let env = container["env"].as_array().context("env")?;
         ensure!(
@@ -1157,7 +1161,7 @@ fn keda_names_follow_terraforms_naming_rule() -> Result<()> {
     let topics = squeeze(&read("terraform/notifications.tf")?);
     for (text, needle, file) in [
         (&project, format!("default = \"{PROJECT}\""), "terraform/variables.tf (project)"),
-        (&topics, "resource \"aws_sns_topic\" \"notifications\" { name = \"${local.prefix}notifications\"".to_owned(), "terraform/notifications.tf"),
+        (&topics, "resource \"aws_sns_topic\" \"topic\" { for_each = local.topology.topics name = \"${local.prefix}${each.key}\"".to_owned(), "terraform/notifications.tf"),
         (&main, "prefix = \"${var.project}-${var.environment}-\"".to_owned(), "terraform/main.tf"),
         (&main, "module \"queue\" { source = \"./modules/queue\" for_each = local.queues name = \"${local.prefix}${each.key}\"".to_owned(), "terraform/main.tf"),
         (&main, "module \"table\" { source = \"./modules/table\" for_each = local.tables name = \"${local.prefix}${each.key}\"".to_owned(), "terraform/main.tf"),

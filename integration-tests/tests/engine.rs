@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aws_sdk_sqs::types::{MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
+use fleet::dlq::names;
+use fleet::kind;
 use fleet::{CancellationToken, Engine, EngineConfig, Handler, Message, Metrics, Outcome};
 use integration_tests::{
     eventually, payment_body, payments, sdk_config, send_payments, send_payments_with, string_attr,
@@ -116,7 +118,7 @@ async fn heartbeat_keeps_a_long_handler_from_being_redelivered() -> Result<()> {
 async fn a_slow_message_does_not_hold_up_the_next_receives() -> Result<()> {
     let stack = Stack::provision().await?;
     let (queue, _) = stack.queue_pair("slow", 5, 60).await?;
-    let run = start(&queue, |c| c.max_in_flight = 20).await?;
+    let run = start(&queue, |c| c.max_concurrency = 20).await?;
     send(&stack, &queue, &["15000:slow".to_owned()]).await?;
     eventually(Duration::from_secs(10), "the slow one started", || async {
         Ok(run
@@ -194,10 +196,10 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_with_the_reason() -> 
         .await?;
     let attrs = dead[0].message_attributes().unwrap();
     assert_eq!(
-        attrs["fleet.error.kind"].string_value(),
-        Some("retries-exhausted")
+        attrs[names::KIND].string_value(),
+        Some(kind::RETRIES_EXHAUSTED)
     );
-    assert!(attrs["fleet.error.message"]
+    assert!(attrs[names::MESSAGE]
         .string_value()
         .unwrap()
         .contains("panic"));
@@ -291,7 +293,7 @@ async fn fifo_keeps_order_per_group_and_a_retry_holds_back_only_its_group() -> R
     let recorder = Arc::new(Recorder::default());
     let run = start_with(&queue, recorder.clone(), |c| {
         c.retry_base_ms = 2000;
-        c.max_in_flight = 10;
+        c.max_concurrency = 10;
         c.min_concurrency = 10;
     })
     .await?;
@@ -455,7 +457,7 @@ async fn a_requests_id_and_trace_follow_it_into_the_workers_log() -> Result<()> 
     })
     .await?;
     assert_eq!(line["fields"]["outcome"], "duplicate", "{line}");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // RUST_LOG=fleet::message=warn turns the line off, and only it.
@@ -472,7 +474,7 @@ async fn a_requests_id_and_trace_follow_it_into_the_workers_log() -> Result<()> 
     quiet
         .wait_for_total("succeeded", 1, Duration::from_secs(30))
         .await?;
-    let (_, _, quiet) = quiet.terminate(Duration::from_secs(30)).await?;
+    let (_, _, quiet) = quiet.stop().await?;
     assert!(
         quiet.log_lines("fleet::message").is_empty(),
         "{}",
@@ -584,7 +586,7 @@ async fn metrics_reach_prometheus_and_cloudwatch_as_distributions() -> Result<()
         scraped.contains("fleet_handler_latency_ms_bucket{"),
         "a histogram Prometheus can sum across pods: {scraped}"
     );
-    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, worker) = worker.stop().await?;
     assert_eq!(code, Some(0));
 
     let lines = worker.metric_lines();

@@ -8,6 +8,7 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use fleet::dlq::names;
+use fleet::kind;
 use integration_tests::{
     binary, dead_letter_payments, eventually, fleetctl, fleetctl_command, payments, string_attr,
     Stack, Worker,
@@ -111,7 +112,7 @@ async fn status_reports_queue_counts_and_fails_when_a_dlq_holds_messages() -> Re
         "{table}"
     );
 
-    dead_letter_payments(&stack, "conflict", &payments("dead", 2)).await?;
+    dead_letter_payments(&stack, kind::CONFLICT, &payments("dead", 2)).await?;
     let (code, out, _) = fleetctl(&stack, &["status", "--json"]).await?;
     assert_eq!(code, 3, "a non-empty DLQ makes status exit 3");
     let status: Value = serde_json::from_str(&out)?;
@@ -133,7 +134,7 @@ async fn status_reports_queue_counts_and_fails_when_a_dlq_holds_messages() -> Re
 async fn peek_and_export_leave_the_messages_in_place() -> Result<()> {
     let stack = Stack::provision().await?;
     let dlq = stack.queue("payments").dlq_url.clone();
-    dead_letter_payments(&stack, "invalid-json", &payments("peek", 3)).await?;
+    dead_letter_payments(&stack, kind::INVALID_JSON, &payments("peek", 3)).await?;
 
     let (code, out, err) =
         fleetctl(&stack, &["dlq", "peek", "payments", "-n", "10", "--json"]).await?;
@@ -144,12 +145,15 @@ async fn peek_and_export_leave_the_messages_in_place() -> Result<()> {
         .collect::<Result<_, _>>()?;
     assert_eq!(lines.len(), 3);
     assert_eq!(
-        lines[0]["attributes"]["fleet.error.kind"]["string_value"],
-        "invalid-json"
+        lines[0]["attributes"][names::KIND]["string_value"],
+        kind::INVALID_JSON
     );
     let (code, text, _) = fleetctl(&stack, &["dlq", "peek", "payments"]).await?;
     assert_eq!(code, 0);
-    assert!(text.contains("reason:       invalid-json"), "{text}");
+    assert!(
+        text.contains(&format!("reason:       {}", kind::INVALID_JSON)),
+        "{text}"
+    );
 
     let file = std::env::temp_dir().join(format!("{}export.jsonl", stack.info.prefix));
     let (code, _, err) = fleetctl(
@@ -174,7 +178,7 @@ async fn redrive_killed_half_way_and_run_again_loses_nothing() -> Result<()> {
     const N: usize = 500;
     let stack = Stack::provision().await?;
     let queue = stack.queue("payments").clone();
-    dead_letter_payments(&stack, "retries-exhausted", &payments("rd", N)).await?;
+    dead_letter_payments(&stack, kind::RETRIES_EXHAUSTED, &payments("rd", N)).await?;
 
     // First run, slowed to 100/s, killed after about two seconds.
     const BATCH: [&str; 5] = ["dlq", "redrive", "payments", "--method", "batch"];
@@ -209,7 +213,7 @@ async fn redrive_killed_half_way_and_run_again_loses_nothing() -> Result<()> {
         .wait_for_rows(stack.table("payments"), N, Duration::from_secs(120))
         .await?;
     stack.wait_for_empty(&queue.url).await?;
-    let (_, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (_, _, worker) = worker.stop().await?;
     assert_eq!(worker.total("succeeded"), N as u64);
     assert_eq!(worker.total("dead_lettered"), 0);
     eprintln!(
@@ -228,8 +232,8 @@ async fn redrive_killed_half_way_and_run_again_loses_nothing() -> Result<()> {
 async fn redrive_filters_by_reason_and_uses_the_move_task_when_it_can() -> Result<()> {
     let stack = Stack::provision().await?;
     let queue = stack.queue("payments").clone();
-    dead_letter_payments(&stack, "retries-exhausted", &payments("cf", 3)).await?;
-    dead_letter_payments(&stack, "invalid-json", &payments("ij", 2)).await?;
+    dead_letter_payments(&stack, kind::RETRIES_EXHAUSTED, &payments("cf", 3)).await?;
+    dead_letter_payments(&stack, kind::INVALID_JSON, &payments("ij", 2)).await?;
 
     let (code, out, err) = fleetctl(
         &stack,
@@ -238,7 +242,7 @@ async fn redrive_filters_by_reason_and_uses_the_move_task_when_it_can() -> Resul
             "redrive",
             "payments",
             "--filter",
-            "reason=retries-exhausted",
+            format!("reason={}", kind::RETRIES_EXHAUSTED).as_str(),
         ],
     )
     .await?;
@@ -260,11 +264,11 @@ async fn redrive_filters_by_reason_and_uses_the_move_task_when_it_can() -> Resul
         assert!(
             !attrs
                 .keys()
-                .any(|k| k.starts_with("fleet.") && k != fleet::dlq::names::MESSAGE_ID),
+                .any(|k| k.starts_with("fleet.") && k != names::MESSAGE_ID),
             "reason attributes removed: {attrs:?}"
         );
         assert!(
-            attrs.contains_key(fleet::dlq::names::MESSAGE_ID),
+            attrs.contains_key(names::MESSAGE_ID),
             "the original message id goes back with it"
         );
     }
@@ -282,7 +286,7 @@ async fn redrive_filters_by_reason_and_uses_the_move_task_when_it_can() -> Resul
 #[tokio::test]
 async fn bad_arguments_and_purge_without_confirmation_are_clear_errors() -> Result<()> {
     let stack = Stack::provision().await?;
-    dead_letter_payments(&stack, "conflict", &payments("pg", 2)).await?;
+    dead_letter_payments(&stack, kind::CONFLICT, &payments("pg", 2)).await?;
     let cases: [(&[&str], &str); 4] = [
         (
             &["dlq", "redrive", "payments", "--max-per-second", "0"],
@@ -412,19 +416,19 @@ async fn mixed_dlq(stack: &Stack) -> Result<()> {
     dead_letter(
         stack,
         &payments("re", 3),
-        Some(Why::new("retries-exhausted", worker, 2 * DAY)),
+        Some(Why::new(kind::RETRIES_EXHAUSTED, worker, 2 * DAY)),
     )
     .await?;
     dead_letter(
         stack,
         &payments("cf", 2),
-        Some(Why::new("conflict", worker, 3 * HOUR)),
+        Some(Why::new(kind::CONFLICT, worker, 3 * HOUR)),
     )
     .await?;
     dead_letter(
         stack,
         &payments("ij", 1),
-        Some(Why::new("invalid-json", "other-worker", MINUTE)),
+        Some(Why::new(kind::INVALID_JSON, "other-worker", MINUTE)),
     )
     .await?;
     dead_letter(stack, &payments("rp", 1), None).await
@@ -565,7 +569,7 @@ async fn dlq_check_exits_3_when_a_dlq_holds_messages() -> Result<()> {
     let (code, out, err) = fleetctl(&stack, &["dlq", "check"]).await?;
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
 
-    dead_letter_payments(&stack, "retries-exhausted", &payments("ck", 2)).await?;
+    dead_letter_payments(&stack, kind::RETRIES_EXHAUSTED, &payments("ck", 2)).await?;
     let (code, out, err) = fleetctl(&stack, &["dlq", "check"]).await?;
     assert_eq!(code, 3, "{err}");
     assert!(
@@ -603,7 +607,7 @@ async fn export_reads_each_message_once_when_a_pass_outlasts_the_hide_time() -> 
     dead_letter(
         &stack,
         &payments("ex", N),
-        Some(Why::new("retries-exhausted", "payments-worker", HOUR)),
+        Some(Why::new(kind::RETRIES_EXHAUSTED, "payments-worker", HOUR)),
     )
     .await?;
 
@@ -721,9 +725,9 @@ async fn summary_counts_by_reason_worker_and_age() -> Result<()> {
     assert_eq!(
         counts(&summary["by_reason"], "reason"),
         HashMap::from([
-            ("retries-exhausted".to_owned(), 3),
-            ("conflict".to_owned(), 2),
-            ("invalid-json".to_owned(), 1),
+            (kind::RETRIES_EXHAUSTED.to_owned(), 3),
+            (kind::CONFLICT.to_owned(), 2),
+            (kind::INVALID_JSON.to_owned(), 1),
             ("none".to_owned(), 1),
         ]),
         "{summary}"
@@ -737,13 +741,13 @@ async fn summary_counts_by_reason_worker_and_age() -> Result<()> {
             )
         })
         .collect();
-    assert_eq!(redrive["retries-exhausted"], "safe");
+    assert_eq!(redrive[kind::RETRIES_EXHAUSTED], "safe");
     assert_eq!(
         redrive["none"], "safe",
         "moved by the redrive policy: retries"
     );
-    assert_eq!(redrive["conflict"], "refused");
-    assert_eq!(redrive["invalid-json"], "refused");
+    assert_eq!(redrive[kind::CONFLICT], "refused");
+    assert_eq!(redrive[kind::INVALID_JSON], "refused");
     assert_eq!(
         counts(&summary["by_worker"], "worker"),
         HashMap::from([
@@ -776,8 +780,9 @@ async fn summary_counts_by_reason_worker_and_age() -> Result<()> {
     let (code, text, err) = fleetctl(&stack, &["dlq", "summary", "payments"]).await?;
     assert_eq!(code, 0, "{err}");
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("retries-exhausted") && l.contains(" 3 ") && l.contains("safe")),
+        text.lines().any(|l| l.starts_with(kind::RETRIES_EXHAUSTED)
+            && l.contains(" 3 ")
+            && l.contains("safe")),
         "{text}"
     );
     assert!(
@@ -813,16 +818,16 @@ async fn peek_and_export_filter_by_reason_worker_and_age() -> Result<()> {
             anyhow::Ok(json_lines(&out))
         }
     };
-    let conflicts = peek(&["--reason", "conflict"]).await?;
+    let conflicts = peek(&["--reason", kind::CONFLICT]).await?;
     assert_eq!(conflicts.len(), 2);
-    assert!(conflicts.iter().all(|m| reason_of(m) == "conflict"));
+    assert!(conflicts.iter().all(|m| reason_of(m) == kind::CONFLICT));
     assert!(conflicts
         .iter()
         .all(|m| is_rfc3339(m["failed_at"].as_str().unwrap_or_default())));
     assert_eq!(peek(&["--worker", "other-worker"]).await?.len(), 1);
     let old = peek(&["--older-than", "1d"]).await?;
     assert_eq!(old.len(), 3);
-    assert!(old.iter().all(|m| reason_of(m) == "retries-exhausted"));
+    assert!(old.iter().all(|m| reason_of(m) == kind::RETRIES_EXHAUSTED));
     assert_eq!(
         peek(&["--older-than", "2h", "--worker", "payments-worker"])
             .await?
@@ -843,7 +848,7 @@ async fn peek_and_export_filter_by_reason_worker_and_age() -> Result<()> {
             "peek",
             "payments",
             "--reason",
-            "retries-exhausted",
+            kind::RETRIES_EXHAUSTED,
             "--older-than",
             "90m",
         ],
@@ -851,7 +856,8 @@ async fn peek_and_export_filter_by_reason_worker_and_age() -> Result<()> {
     .await?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
-        text.matches("reason:       retries-exhausted").count(),
+        text.matches(&format!("reason:       {}", kind::RETRIES_EXHAUSTED))
+            .count(),
         3,
         "{text}"
     );
@@ -869,13 +875,13 @@ async fn peek_and_export_filter_by_reason_worker_and_age() -> Result<()> {
 
     let (code, out, err) = fleetctl(
         &stack,
-        &["dlq", "export", "payments", "-", "--reason", "conflict"],
+        &["dlq", "export", "payments", "-", "--reason", kind::CONFLICT],
     )
     .await?;
     assert_eq!(code, 0, "{err}");
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 2);
-    assert!(lines.iter().all(|m| reason_of(m) == "conflict"));
+    assert!(lines.iter().all(|m| reason_of(m) == kind::CONFLICT));
     let file = std::env::temp_dir().join(format!("{}filtered.jsonl", stack.info.prefix));
     let (code, _, err) = fleetctl(
         &stack,
@@ -934,10 +940,10 @@ async fn redrive_dry_run_shows_what_would_move_by_reason() -> Result<()> {
             )
         })
         .collect();
-    assert_eq!(actions["retries-exhausted"], ("move", 3), "{plan}");
+    assert_eq!(actions[kind::RETRIES_EXHAUSTED], ("move", 3), "{plan}");
     assert_eq!(actions["none"], ("move", 1), "{plan}");
-    assert_eq!(actions["conflict"], ("refuse", 2), "{plan}");
-    assert_eq!(actions["invalid-json"], ("refuse", 1), "{plan}");
+    assert_eq!(actions[kind::CONFLICT], ("refuse", 2), "{plan}");
+    assert_eq!(actions[kind::INVALID_JSON], ("refuse", 1), "{plan}");
 
     let (code, out, err) = fleetctl(
         &stack,
@@ -986,13 +992,16 @@ async fn redrive_dry_run_shows_what_would_move_by_reason() -> Result<()> {
 async fn redrive_refuses_kinds_that_cannot_succeed_unless_forced() -> Result<()> {
     let stack = Stack::provision().await?;
     let queue = stack.queue("payments").clone();
-    dead_letter_payments(&stack, "invalid-json", &payments("ij", 2)).await?;
-    dead_letter_payments(&stack, "retries-exhausted", &payments("re", 3)).await?;
+    dead_letter_payments(&stack, kind::INVALID_JSON, &payments("ij", 2)).await?;
+    dead_letter_payments(&stack, kind::RETRIES_EXHAUSTED, &payments("re", 3)).await?;
 
     // Asked for by name: refused outright.
     for args in [
-        &["--filter", "reason=invalid-json"][..],
-        &["--reason", "invalid-json", "--method", "batch"],
+        &[
+            "--filter",
+            format!("reason={}", kind::INVALID_JSON).as_str(),
+        ][..],
+        &["--reason", kind::INVALID_JSON, "--method", "batch"],
     ] {
         let (code, out, err) = fleetctl(
             &stack,
@@ -1001,7 +1010,7 @@ async fn redrive_refuses_kinds_that_cannot_succeed_unless_forced() -> Result<()>
         .await?;
         assert_eq!(code, 1, "{args:?}: {out}");
         assert!(
-            err.contains("--force") && err.contains("invalid-json"),
+            err.contains("--force") && err.contains(kind::INVALID_JSON),
             "{err}"
         );
     }
@@ -1013,7 +1022,7 @@ async fn redrive_refuses_kinds_that_cannot_succeed_unless_forced() -> Result<()>
     .await?;
     assert_eq!(code, 1);
     assert!(
-        err.contains("--force") && err.contains("invalid-json"),
+        err.contains("--force") && err.contains(kind::INVALID_JSON),
         "{err}"
     );
     assert_eq!(stack.depth(&queue.url).await?, 0, "nothing moved");
@@ -1033,7 +1042,10 @@ async fn redrive_refuses_kinds_that_cannot_succeed_unless_forced() -> Result<()>
     let (_, out, _) = fleetctl(&stack, &["dlq", "peek", "payments", "--json"]).await?;
     let left = json_lines(&out);
     assert_eq!(left.len(), 2);
-    assert!(left.iter().all(|m| reason_of(m) == "invalid-json"), "{out}");
+    assert!(
+        left.iter().all(|m| reason_of(m) == kind::INVALID_JSON),
+        "{out}"
+    );
 
     // Forced.
     let (code, out, err) = fleetctl(
@@ -1043,7 +1055,7 @@ async fn redrive_refuses_kinds_that_cannot_succeed_unless_forced() -> Result<()>
             "redrive",
             "payments",
             "--reason",
-            "invalid-json",
+            kind::INVALID_JSON,
             "--force",
         ],
     )
@@ -1063,7 +1075,7 @@ async fn redrive_exits_4_when_messages_cannot_be_sent_back() -> Result<()> {
     dead_letter(
         &stack,
         &payments("ok", 3),
-        Some(Why::new("retries-exhausted", "payments-worker", MINUTE)),
+        Some(Why::new(kind::RETRIES_EXHAUSTED, "payments-worker", MINUTE)),
     )
     .await?;
     dead_letter(
@@ -1071,7 +1083,7 @@ async fn redrive_exits_4_when_messages_cannot_be_sent_back() -> Result<()> {
         &payments("gone", 2),
         Some(Why {
             source: Some(&gone),
-            ..Why::new("retries-exhausted", "payments-worker", MINUTE)
+            ..Why::new(kind::RETRIES_EXHAUSTED, "payments-worker", MINUTE)
         }),
     )
     .await?;
@@ -1102,7 +1114,7 @@ async fn ctrl_c_cancels_the_move_task_and_stops_a_batch_redrive() -> Result<()> 
     const N: usize = 60;
     let stack = Stack::provision().await?;
     let queue = stack.queue("payments").clone();
-    dead_letter_payments(&stack, "retries-exhausted", &payments("cc", N)).await?;
+    dead_letter_payments(&stack, kind::RETRIES_EXHAUSTED, &payments("cc", N)).await?;
     let dlq_arn = queue_arn(&stack, &queue.dlq_url).await?;
 
     for method in ["move-task", "batch"] {
@@ -1174,7 +1186,7 @@ async fn ctrl_c_cancels_the_move_task_and_stops_a_batch_redrive() -> Result<()> 
 #[tokio::test]
 async fn progress_is_drawn_on_a_terminal_only() -> Result<()> {
     let stack = Stack::provision().await?;
-    dead_letter_payments(&stack, "retries-exhausted", &payments("pr", 20)).await?;
+    dead_letter_payments(&stack, kind::RETRIES_EXHAUSTED, &payments("pr", 20)).await?;
 
     // Not a terminal: no progress at all, only the summary.
     let (code, out, err) = fleetctl(

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{api_key_ids, eventually, fleetctl, Stack, Worker};
+use fleet::dlq::names;
+use fleet::kind;
+use integration_tests::{api_key_ids, call, eventually, fleetctl, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -48,7 +50,7 @@ impl Caller {
     ) -> Result<(StatusCode, Value)> {
         let mut request = self
             .http
-            .request(method.clone(), format!("{}{path}", self.url))
+            .request(method, format!("{}{path}", self.url))
             .header("x-api-key", &self.key);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -58,12 +60,7 @@ impl Caller {
                 .header("content-type", "application/json")
                 .body(body.to_owned());
         }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        let value = serde_json::from_str(&text)
-            .with_context(|| format!("{method} {path} answered {status}: {text}"))?;
-        Ok((status, value))
+        call(request).await
     }
 
     async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
@@ -203,12 +200,12 @@ async fn payments_are_unique_per_owner_and_invisible_to_other_owners() -> Result
     let dlq = stack.queue("payments").dlq_url.clone();
     let dead = stack.wait_for_messages(&dlq, "the conflict").await?;
     let attrs = dead[0].message_attributes().context("attributes")?;
-    assert_eq!(attrs["fleet.error.kind"].string_value(), Some("conflict"));
+    assert_eq!(attrs[names::KIND].string_value(), Some(kind::CONFLICT));
     assert!(dead[0].body().unwrap_or_default().contains("user-3"));
     assert_eq!(stack.count_rows(stack.table("payments")).await?, 2);
     assert_eq!(mine.get("/payments/pay-1").await?.1, stored);
     assert_eq!(theirs.get("/payments/pay-1").await?.1, theirs_stored);
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -258,7 +255,7 @@ async fn orders_are_scoped_to_their_owner_for_writes_and_reads() -> Result<()> {
         assert_eq!(text(&row, "owner_id"), Some(caller.owner.as_str()));
         assert_eq!(text(&row, "record_id"), Some("o-1"));
     }
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -386,7 +383,7 @@ async fn books_are_read_by_all_and_changed_only_by_their_owner() -> Result<()> {
         ids.push(id);
     }
     assert_ne!(ids[0], ids[1], "two owners' same key names two books");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -445,12 +442,7 @@ async fn posts_are_public_and_each_belongs_to_its_author() -> Result<()> {
             "the post records its owner"
         );
     }
-    let response = stack
-        .http
-        .get(format!("{}/posts?limit=50", stack.info.api.url))
-        .send()
-        .await?;
-    let page: Value = response.json().await?;
+    let (_, page) = call(stack.api_as(None, Method::GET, "/posts?limit=50")).await?;
     let listed: Vec<&str> = page["items"]
         .as_array()
         .context("items")?
@@ -513,7 +505,7 @@ async fn vpc_requests_are_seen_by_their_owner_only() -> Result<()> {
         assert!(!listed.contains(&id.as_str()), "{listed:?}");
         assert_eq!(listed.len(), 1, "only the reader's own request: {listed:?}");
     }
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     let (code, _, err) =
         fleetctl(&stack, &["vpc", "cleanup", "--project", &stack.info.prefix]).await?;
     assert_eq!(code, 0, "{err}");

@@ -6,13 +6,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use fleet::topology::{is_fifo, Topology, DLQ_SUFFIX, FIFO_SUFFIX};
-use integration_tests::root;
-
-fn python() -> std::path::PathBuf {
-    std::env::var_os("FLEET_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root().join(".localstack/venv/bin/python"))
-}
+use integration_tests::{python, root};
 
 /// Every topology queue's name and DLQ name as `provision.py` makes them, for `prefix`.
 fn provisioner_names(prefix: &str) -> Result<serde_json::Value> {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
-use integration_tests::{eventually, sdk_config, Proxy, Stack, Worker};
+use aws_sdk_dynamodb::types::AttributeValue;
+use integration_tests::{eventually, number_attribute, sdk_config, Proxy, Stack, Worker};
 use serde_json::{json, Value};
 
 const WORKER: &str = "order-results-worker";
@@ -79,7 +79,7 @@ async fn accepted_results_go_to_s3_and_each_rejection_is_notified_once() -> Resu
         0,
         "a rejection is finished, not retried"
     );
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -222,40 +222,18 @@ async fn a_notification_dedupe_record_expires_35_days_after_it_was_sent() -> Res
     let table = stack.table("notifications").to_owned();
     let record = eventually(Duration::from_secs(30), "the record SENT", || async {
         let item = stack
-            .dynamodb
-            .get_item()
-            .table_name(&table)
-            .key(
-                "notification_id",
-                AttributeValue::S("2026-11-24T01.00Z/ttl-1".into()),
-            )
-            .consistent_read(true)
-            .send()
-            .await?
-            .item;
+            .item(&table, "notification_id", "2026-11-24T01.00Z/ttl-1")
+            .await?;
         Ok(item.filter(|i| i.get("status") == Some(&AttributeValue::S("SENT".into()))))
     })
     .await?;
     let after = fleet::util::now_ms() / 1000;
-    let expires: u64 = record
-        .get("expires_at")
-        .and_then(|v| v.as_n().ok())
-        .with_context(|| format!("expires_at in the record: {record:?}"))?
-        .parse()?;
+    let expires = number_attribute(&record, "expires_at")?;
     assert!(
         (before + NOTIFICATION_TTL_SECS..=after + NOTIFICATION_TTL_SECS).contains(&expires),
         "expires_at {expires} not 35 days after the notification ({before}..={after})"
     );
-    let ttl = stack
-        .dynamodb
-        .describe_time_to_live()
-        .table_name(&table)
-        .send()
-        .await?
-        .time_to_live_description
-        .context("ttl")?;
-    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
-    assert_eq!(ttl.attribute_name(), Some("expires_at"));
-    worker.terminate(Duration::from_secs(30)).await?;
+    assert_eq!(stack.ttl_attribute(&table).await?, "expires_at");
+    worker.stop().await?;
     Ok(())
 }

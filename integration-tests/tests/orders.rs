@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use aws_sdk_dynamodb::types::AttributeValue;
+use fleet::dlq::names;
+use fleet::kind;
 use integration_tests::{api_key_ids, eventually, string_attr, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -82,19 +84,13 @@ async fn orders_are_kept_24_hours_with_their_numbers_exact() -> Result<()> {
         AttributeValue::N("-12.5".into()),
         "a number, exact"
     );
-    let ttl = stack
-        .dynamodb
-        .describe_time_to_live()
-        .table_name(stack.table("orders"))
-        .send()
-        .await?
-        .time_to_live_description
-        .context("ttl")?;
-    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
-    assert_eq!(ttl.attribute_name(), Some("expires_at"));
+    assert_eq!(
+        stack.ttl_attribute(stack.table("orders")).await?,
+        "expires_at"
+    );
     let (status, _) = get_order(&stack, "never").await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -173,8 +169,8 @@ async fn a_redelivered_batch_writes_nothing_and_a_conflicting_record_is_dead_let
         .wait_for_messages(&queue.dlq_url, "the conflict in the DLQ")
         .await?;
     let attrs = dead[0].message_attributes().context("attributes")?;
-    assert_eq!(attrs["fleet.error.kind"].string_value(), Some("conflict"));
-    assert!(attrs["fleet.error.message"]
+    assert_eq!(attrs[names::KIND].string_value(), Some(kind::CONFLICT));
+    assert!(attrs[names::MESSAGE]
         .string_value()
         .unwrap_or("")
         .contains("d-1"));
@@ -186,6 +182,6 @@ async fn a_redelivered_batch_writes_nothing_and_a_conflicting_record_is_dead_let
     let (status, _) = get_order(&stack, "d-2").await?;
     assert_eq!(status, StatusCode::OK, "the batch's other record is stored");
     assert_eq!(worker.total("orders_stored"), 2);
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }

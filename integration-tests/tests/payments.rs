@@ -5,37 +5,29 @@ use std::time::Duration;
 
 use anyhow::Result;
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{api_key_ids, eventually, payment_body, string_attr, Stack, Worker};
+use fleet::dlq::names;
+use fleet::kind;
+use integration_tests::{api_key_ids, call, eventually, payment_body, string_attr, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const WORKER: &str = "payments-worker";
 
 async fn get_payment(stack: &Stack, id: &str) -> Result<(StatusCode, Value)> {
-    let response = stack
-        .api(Method::GET, &format!("/payments/{id}"))
-        .send()
-        .await?;
-    let status = response.status();
-    let body = response.text().await?;
-    let value = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("GET /payments/{id} returned invalid JSON ({e}): {body}"));
-    Ok((status, value))
+    stack
+        .call(Method::GET, &format!("/payments/{id}"), None)
+        .await
 }
 
+/// PUT /payments/{id} with `body` as it is (not necessarily valid JSON).
 async fn put_payment(stack: &Stack, id: &str, body: &str) -> Result<(StatusCode, Value)> {
-    let response = stack
-        .api(Method::PUT, &format!("/payments/{id}"))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await?;
-    let status = response.status();
-    let text = response.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    ))
+    call(
+        stack
+            .api(Method::PUT, &format!("/payments/{id}"))
+            .header("content-type", "application/json")
+            .body(body.to_owned()),
+    )
+    .await
 }
 
 async fn wait_stored(stack: &Stack, id: &str) -> Result<Value> {
@@ -106,7 +98,7 @@ async fn put_is_stored_and_readable_through_the_gateway() -> Result<()> {
         &key_id,
         "API key id recorded"
     );
-    let (code, _, _) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, _) = worker.stop().await?;
     assert_eq!(code, Some(0));
     Ok(())
 }
@@ -309,7 +301,7 @@ async fn special_characters_arrive_byte_identical() -> Result<()> {
     let stored = wait_stored(&stack, "pay-special").await?;
     assert_eq!(stored["reference"], reference);
     assert_eq!(stored["currency"], "JPY");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -329,7 +321,7 @@ async fn the_same_put_twice_stores_one_row() -> Result<()> {
         Ok((worker.total("succeeded") + worker.total("duplicates") >= 2).then_some(()))
     })
     .await?;
-    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, worker) = worker.stop().await?;
     assert_eq!(code, Some(0));
     assert_eq!(worker.total("succeeded"), 1);
     assert_eq!(worker.total("duplicates"), 1);
@@ -363,20 +355,20 @@ async fn same_id_with_another_payload_is_a_conflict_in_the_dlq() -> Result<()> {
         .await?;
     assert_eq!(dead.len(), 1);
     let attrs = dead[0].message_attributes().unwrap();
-    assert_eq!(attrs["fleet.error.kind"].string_value(), Some("conflict"));
-    assert!(attrs["fleet.error.message"]
+    assert_eq!(attrs[names::KIND].string_value(), Some(kind::CONFLICT));
+    assert!(attrs[names::MESSAGE]
         .string_value()
         .unwrap()
         .contains("pay-c"));
-    assert_eq!(attrs["fleet.worker"].string_value(), Some(WORKER));
+    assert_eq!(attrs[names::WORKER].string_value(), Some(WORKER));
     assert_eq!(
-        attrs["fleet.receive-count"].string_value(),
+        attrs[names::RECEIVE_COUNT].string_value(),
         Some("1"),
         "at once, not after 3 receives"
     );
     // Five original attributes and six reasons exceed SQS's ten: the engine folds the originals.
     let originals: Value = serde_json::from_str(
-        attrs["fleet.original-attributes"]
+        attrs[names::ORIGINAL_ATTRIBUTES]
             .string_value()
             .expect("original attributes kept"),
     )?;
@@ -387,7 +379,7 @@ async fn same_id_with_another_payload_is_a_conflict_in_the_dlq() -> Result<()> {
     let (_, after) = get_payment(&stack, "pay-c").await?;
     assert_eq!(after, original, "the stored row is untouched");
     assert_eq!(after["amount"], json!(10));
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -408,22 +400,19 @@ async fn a_message_that_is_not_json_goes_to_the_dlq_at_once() -> Result<()> {
         .wait_for_messages(&queue.dlq_url, "the poison message in the DLQ")
         .await?;
     let attrs = dead[0].message_attributes().unwrap();
-    assert_eq!(
-        attrs["fleet.error.kind"].string_value(),
-        Some("invalid-json")
-    );
-    assert_eq!(attrs["fleet.receive-count"].string_value(), Some("1"));
-    assert!(attrs["fleet.failed-at"]
+    assert_eq!(attrs[names::KIND].string_value(), Some(kind::INVALID_JSON));
+    assert_eq!(attrs[names::RECEIVE_COUNT].string_value(), Some("1"));
+    assert!(attrs[names::FAILED_AT]
         .string_value()
         .unwrap()
         .parse::<u64>()
         .is_ok());
     assert_eq!(
-        attrs["fleet.source-queue"].string_value(),
+        attrs[names::SOURCE_QUEUE].string_value(),
         Some(queue.url.as_str())
     );
     assert_eq!(dead[0].body(), Some("this is not JSON"));
-    let (_, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (_, _, worker) = worker.stop().await?;
     assert_eq!(worker.total("dead_lettered"), 1);
     assert_eq!(worker.total("dynamodb_writes"), 0);
     assert_eq!(

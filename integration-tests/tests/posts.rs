@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{eventually, string_attr, Stack, Worker};
+use integration_tests::{call, eventually, string_attr, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -38,31 +38,14 @@ fn start_flow(stack: &Stack, policy: &str, delay_secs: &str) -> Result<Vec<Worke
 }
 
 async fn create(stack: &Stack, post: &Value) -> Result<String> {
-    let response = stack
-        .api(Method::POST, "/posts")
-        .header("content-type", "application/json")
-        .body(post.to_string())
-        .send()
-        .await?;
-    let status = response.status();
-    let body: Value = response.json().await?;
+    let (status, body) = stack.call(Method::POST, "/posts", Some(post)).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     Ok(body["post_id"].as_str().context("post_id")?.to_owned())
 }
 
 /// A public read: no API key.
 async fn public(stack: &Stack, path: &str) -> Result<(StatusCode, Value)> {
-    let response = stack
-        .http
-        .get(format!("{}{path}", stack.info.api.url))
-        .send()
-        .await?;
-    let status = response.status();
-    let text = response.text().await?;
-    Ok((
-        status,
-        serde_json::from_str(&text).with_context(|| format!("{path}: {text}"))?,
-    ))
+    call(stack.api_as(None, Method::GET, path)).await
 }
 
 async fn item(

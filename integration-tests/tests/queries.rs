@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::{api_key_ids, eventually, Stack, Worker};
+use fleet::dlq::names;
+use fleet::kind;
+use integration_tests::{api_key_ids, call, eventually, Stack, Worker};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -32,15 +34,7 @@ async fn put(stack: &Stack, table: &str, item: Vec<(&str, AttributeValue)>) -> R
 
 /// GET `path` with `key` (None: no API key), answering the status and the JSON body.
 async fn get_with(stack: &Stack, key: Option<&str>, path: &str) -> Result<(StatusCode, Value)> {
-    let mut request = stack.http.get(format!("{}{}", stack.info.api.url, path));
-    if let Some(key) = key {
-        request = request.header("x-api-key", key);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    let text = response.text().await?;
-    let body = serde_json::from_str(&text).with_context(|| format!("{path}: not JSON: {text}"))?;
-    Ok((status, body))
+    call(stack.api_as(key, Method::GET, path)).await
 }
 
 async fn get(stack: &Stack, path: &str) -> Result<(StatusCode, Value)> {
@@ -343,10 +337,10 @@ async fn an_expired_record_id_can_be_ordered_again() -> Result<()> {
         .wait_for_messages(&stack.queue("orders").dlq_url, "the conflict in the DLQ")
         .await?;
     let attrs = dead[0].message_attributes().context("attributes")?;
-    assert_eq!(attrs["fleet.error.kind"].string_value(), Some("conflict"));
+    assert_eq!(attrs[names::KIND].string_value(), Some(kind::CONFLICT));
     let (status, body) = get(&stack, "/orders/taken").await?;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["parameter_1"], "old", "{body}");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }

@@ -45,7 +45,7 @@ async fn a_dynamodb_outage_is_retried_with_growing_delays_then_stored() -> Resul
         "delays never shrink: {delays:?}"
     );
     assert!(delays[3] > delays[0], "delays grow: {delays:?}");
-    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, worker) = worker.stop().await?;
     assert_eq!(code, Some(0));
     assert_eq!(worker.total("succeeded"), 1);
     assert_eq!(worker.total("dead_lettered"), 0);
@@ -70,7 +70,7 @@ async fn sigterm_mid_batch_exits_within_grace_and_loses_nothing() -> Result<()> 
     env.insert("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url());
     env.insert("FLEET_SHUTDOWN_GRACE_SECS".into(), GRACE_SECS.to_string());
     env.insert("FLEET_VISIBILITY_TIMEOUT_SECS".into(), "5".into());
-    env.insert("FLEET_MAX_IN_FLIGHT".into(), "20".into());
+    env.insert("FLEET_MAX_CONCURRENCY".into(), "20".into());
     let worker = Worker::spawn(WORKER, &env)?;
     worker
         .wait_for_total("succeeded", 1, Duration::from_secs(60))
@@ -91,7 +91,7 @@ async fn sigterm_mid_batch_exits_within_grace_and_loses_nothing() -> Result<()> 
         .wait_for_rows(stack.table("payments"), N, Duration::from_secs(60))
         .await?;
     stack.wait_for_empty(&queue.url).await?;
-    let (_, _, second) = second.terminate(Duration::from_secs(30)).await?;
+    let (_, _, second) = second.stop().await?;
     assert_eq!(
         done_before + second.total("succeeded"),
         N as u64,
@@ -133,7 +133,7 @@ async fn kill_9_mid_run_loses_nothing_after_a_restart() -> Result<()> {
         .wait_for_rows(stack.table("payments"), N, Duration::from_secs(120))
         .await?;
     stack.wait_for_empty(&queue.url).await?;
-    let (code, _, restarted) = restarted.terminate(Duration::from_secs(30)).await?;
+    let (code, _, restarted) = restarted.stop().await?;
     assert_eq!(code, Some(0));
     assert_eq!(restarted.total("dead_lettered"), 0);
     assert_eq!(stack.depth(&queue.dlq_url).await?, 0, "nothing in the DLQ");
@@ -176,7 +176,7 @@ async fn the_health_check_passes_while_the_worker_makes_progress_and_fails_after
         .wait_for_total("succeeded", 3, Duration::from_secs(30))
         .await?;
     assert!(healthy(&env)?, "still healthy while working");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
         !healthy(&env)?,
@@ -236,7 +236,7 @@ async fn drain_through_an_outage(
             tail.join("\n")
         )
     })?;
-    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, worker) = worker.stop().await?;
     assert_eq!(code, Some(0), "{}", worker.stderr_text());
     let stored = stack.count_rows(&table).await?;
     let dead = stack.depth(&queue.dlq_url).await?;

@@ -16,7 +16,7 @@ async fn concurrency_follows_the_backlog_up_and_down_without_flapping() -> Resul
     let mut env = stack.worker_env("payments-worker");
     for (k, v) in [
         ("FLEET_MIN_CONCURRENCY", "2"),
-        ("FLEET_MAX_IN_FLIGHT", "40"),
+        ("FLEET_MAX_CONCURRENCY", "40"),
         ("FLEET_TARGET_BACKLOG_PER_UNIT", "10"),
         ("FLEET_SCALER_INTERVAL_SECS", "1"),
         ("FLEET_SCALE_DOWN_COOLDOWN_SECS", "5"),
@@ -43,7 +43,7 @@ async fn concurrency_follows_the_backlog_up_and_down_without_flapping() -> Resul
         || async { Ok((worker.gauge("concurrency") == Some(2)).then_some(())) },
     )
     .await?;
-    let (code, _, worker) = worker.terminate(Duration::from_secs(30)).await?;
+    let (code, _, worker) = worker.stop().await?;
     assert_eq!(code, Some(0));
 
     let decisions: Vec<(u64, u64)> = worker

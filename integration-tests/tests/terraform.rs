@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use integration_tests::root;
+use integration_tests::{python, root};
 use serde_json::Value;
 
 fn terraform_available() -> Result<bool> {
@@ -107,12 +107,6 @@ output "decoded" {{ value = yamldecode(module.document.body) }}
     ]))?)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok((body, decoded))
-}
-
-fn python() -> std::path::PathBuf {
-    std::env::var_os("FLEET_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root().join(".localstack/venv/bin/python"))
 }
 
 fn render_with_provisioner(
@@ -215,6 +209,24 @@ fn document_and_vars() -> Result<(std::path::PathBuf, serde_json::Map<String, Va
     Ok((document, vars))
 }
 
+/// The text of the whole API: the shared document and every service's fragment beside it
+/// (`services/*.yaml`), as both renderers assemble it (order aside).
+fn document_text(document: &std::path::Path) -> Result<String> {
+    let mut text = std::fs::read_to_string(document)?;
+    let dir = document
+        .parent()
+        .context("the document's folder")?
+        .join("services");
+    let mut fragments: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    fragments.sort();
+    for fragment in fragments {
+        text.push_str(&std::fs::read_to_string(fragment)?);
+    }
+    Ok(text)
+}
+
 #[test]
 fn terraform_deploys_the_document_the_local_stack_imports() -> Result<()> {
     if !terraform_available()? {
@@ -294,9 +306,7 @@ fn with_a_user_pool_every_keyed_route_also_requires_a_cognito_jwt() -> Result<()
             }
         }
     }
-    let in_document = std::fs::read_to_string(&document)?
-        .matches("- api_key: []")
-        .count();
+    let in_document = document_text(&document)?.matches("- api_key: []").count();
     assert!(in_document > 10);
     assert_eq!(keyed, in_document, "every route that needs a key");
     assert!(public >= 2, "the public posts routes stay public");
@@ -306,7 +316,7 @@ fn with_a_user_pool_every_keyed_route_also_requires_a_cognito_jwt() -> Result<()
 #[test]
 fn the_document_names_the_caller_only_through_the_owner_definition() -> Result<()> {
     let (document, _) = document_and_vars()?;
-    let text = std::fs::read_to_string(&document)?;
+    let text = document_text(&document)?;
     let definition = owner_definition(&document)?;
     assert!(
         definition.contains("context.authorizer.claims.sub")

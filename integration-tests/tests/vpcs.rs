@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::Filter;
-use integration_tests::{eventually, fleetctl, sdk_config, FaultProxy, Proxy, Stack, Worker};
+use fleet::dlq::names;
+use fleet::kind;
+use integration_tests::{
+    call, eventually, fleetctl, number_attribute, sdk_config, FaultProxy, Proxy, Stack, Worker,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -40,18 +44,17 @@ fn two_subnets(second: u8) -> Value {
 }
 
 async fn post(stack: &Stack, key: &str, body: &Value) -> Result<(u16, Value)> {
-    let r = stack
+    let request = stack
         .api(Method::POST, "/vpcs")
         .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await?;
-    Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+        .json(body);
+    let (status, body) = call(request).await?;
+    Ok((status.as_u16(), body))
 }
 
 async fn get(stack: &Stack, path: &str) -> Result<(u16, Value)> {
-    let r = stack.api(Method::GET, path).send().await?;
-    Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    let (status, body) = stack.call(Method::GET, path, None).await?;
+    Ok((status.as_u16(), body))
 }
 
 async fn wait_for_status(stack: &Stack, request_id: &str, status: &str) -> Result<Value> {
@@ -207,24 +210,19 @@ async fn a_request_succeeds_with_exactly_one_tagged_vpc_and_replays_change_nothi
     assert_eq!(tagged(&ec2, &request_id).await?.len(), 1);
 
     // Another client's same key is another request; neither sees the other's.
-    let other = stack
-        .http
-        .post(format!("{}/vpcs", stack.info.api.url))
-        .header("x-api-key", &stack.info.api.other_key)
-        .header("Idempotency-Key", "net-1")
-        .json(&two_subnets(2))
-        .send()
-        .await?;
-    assert_eq!(other.status().as_u16(), 202);
-    let other: Value = other.json().await?;
+    let other_key = Some(stack.info.api.other_key.as_str());
+    let (status, other) = call(
+        stack
+            .api_as(other_key, Method::POST, "/vpcs")
+            .header("Idempotency-Key", "net-1")
+            .json(&two_subnets(2)),
+    )
+    .await?;
+    assert_eq!(status.as_u16(), 202, "{other}");
     assert_ne!(other["request_id"], json!(request_id));
-    let foreign = stack
-        .http
-        .get(format!("{}/vpcs/{request_id}", stack.info.api.url))
-        .header("x-api-key", &stack.info.api.other_key)
-        .send()
-        .await?;
-    assert_eq!(foreign.status().as_u16(), 404, "another client's request");
+    let (status, _) =
+        call(stack.api_as(other_key, Method::GET, &format!("/vpcs/{request_id}"))).await?;
+    assert_eq!(status.as_u16(), 404, "another client's request");
 
     // The same key with another body: the request stands; the replay is FAILED beside it.
     let (code, _) = post(&stack, "net-1", &two_subnets(3)).await?;
@@ -241,11 +239,8 @@ async fn a_request_succeeds_with_exactly_one_tagged_vpc_and_replays_change_nothi
         )
         .await?;
     let attrs = dead[0].message_attributes().context("attributes")?;
-    assert_eq!(
-        attrs["fleet.error.kind"].string_value(),
-        Some("idempotency-conflict")
-    );
-    let message = attrs["fleet.error.message"].string_value().unwrap_or("");
+    assert_eq!(attrs[names::KIND].string_value(), Some(kind::CONFLICT));
+    let message = attrs[names::MESSAGE].string_value().unwrap_or("");
     let conflict_id = message
         .split("recorded as ")
         .nth(1)
@@ -259,7 +254,7 @@ async fn a_request_succeeds_with_exactly_one_tagged_vpc_and_replays_change_nothi
         .unwrap_or("")
         .contains("reused with another body"));
     assert_eq!(tagged(&ec2, &request_id).await?.len(), 1);
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -296,7 +291,7 @@ async fn a_crash_between_a_create_and_its_checkpoint_is_repaired_without_a_secon
             .filter_map(|s| s["subnet_id"].as_str())
             .collect();
         assert_eq!(ids.len(), 2);
-        worker.terminate(Duration::from_secs(30)).await?;
+        worker.stop().await?;
     }
     Ok(())
 }
@@ -339,7 +334,7 @@ async fn lost_answers_to_create_vpc_and_create_subnet_make_one_vpc_and_the_reque
     assert_eq!(vpc_tags["RequestId"], request_id);
     assert!(subnets.iter().all(|(_, _, t)| t["RequestId"] == request_id));
     assert_eq!(worker.total("requests_failed"), 0);
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     let (code, _, err) =
         fleetctl(&stack, &["vpc", "cleanup", "--project", &stack.info.prefix]).await?;
     assert_eq!(code, 0, "{err}");
@@ -446,8 +441,8 @@ async fn duplicates_received_by_two_workers_at_once_make_one_vpc() -> Result<()>
     // back later; the lease held through every slow call, so none took the request over.
     assert!(busy >= 1, "the two deliveries did not overlap: {summary}");
     assert_eq!(lease_lost, 0, "a delivery lost its lease: {summary}");
-    a.terminate(Duration::from_secs(30)).await?;
-    b.terminate(Duration::from_secs(30)).await?;
+    a.stop().await?;
+    b.stop().await?;
     Ok(())
 }
 
@@ -485,7 +480,7 @@ async fn a_permanent_ec2_failure_on_the_second_subnet_leaves_nothing_behind() ->
     assert!(subnets.subnets().is_empty(), "no subnet left");
     assert!(settles_at(&worker, "requests_failed", 1).await?);
     assert_eq!(worker.total("retried"), 0, "not retried");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -560,7 +555,7 @@ async fn bad_requests_get_400_at_the_gateway_and_semantic_errors_fail_without_ec
     )
     .await?;
     assert!(stdout.trim().is_empty(), "nothing tagged: {stdout}");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -651,7 +646,7 @@ async fn pages_of_requests_newest_first_each_once_and_cleanup_removes_the_vpcs()
     for id in &ids {
         assert!(tagged(&ec2, id).await?.is_empty());
     }
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -663,30 +658,9 @@ async fn stored(
     stack: &Stack,
     request_id: &str,
 ) -> Result<Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>> {
-    Ok(stack
-        .dynamodb
-        .get_item()
-        .table_name(stack.table("vpc-requests"))
-        .key(
-            "request_id",
-            aws_sdk_dynamodb::types::AttributeValue::S(request_id.into()),
-        )
-        .consistent_read(true)
-        .send()
-        .await?
-        .item)
-}
-
-/// A number attribute of a stored record.
-fn number(
-    item: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
-    name: &str,
-) -> Result<u64> {
-    item.get(name)
-        .and_then(|v| v.as_n().ok())
-        .with_context(|| format!("{name} in the record: {item:?}"))?
-        .parse()
-        .with_context(|| format!("{name} is a number"))
+    stack
+        .item(stack.table("vpc-requests"), "request_id", request_id)
+        .await
 }
 
 /// Makes a request expire now, as if its 30 days had passed (TTL deletes within ~48 h on AWS,
@@ -748,6 +722,42 @@ async fn vpc_cidr(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<Option<Stri
         .and_then(|v| v.cidr_block().map(str::to_owned)))
 }
 
+/// Where a test of a reused key starts: a stack, its EC2, a worker, and a first request with
+/// the key that succeeded.
+struct Reused {
+    stack: Stack,
+    ec2: aws_sdk_ec2::Client,
+    worker: Worker,
+    request_id: String,
+    /// The first request's VPC.
+    old_vpc: String,
+}
+
+impl Reused {
+    /// Sends a request with `key` for a VPC `10.<second>.0.0/16` with [`two_subnets`], and
+    /// waits for it to succeed.
+    async fn succeeded(key: &str, second: u8) -> Result<Self> {
+        let stack = Stack::provision().await?;
+        let ec2 = ec2_client(&sdk_config().await);
+        let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
+        let (code, accepted) = post(&stack, key, &two_subnets(second)).await?;
+        assert_eq!(code, 202, "{accepted}");
+        let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
+        let first = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
+        let old_vpc = first["vpc"]["vpc_id"]
+            .as_str()
+            .context("vpc_id")?
+            .to_owned();
+        Ok(Self {
+            stack,
+            ec2,
+            worker,
+            request_id,
+            old_vpc,
+        })
+    }
+}
+
 /// Issue 15: an Idempotency-Key is its request's for 30 days from the request's receipt
 /// (`expires_at`, the table's TTL attribute). Once expired, the request is gone for the API
 /// (404, not listed) although the row is still there (TTL deletes within ~48 h on AWS, never
@@ -757,44 +767,31 @@ async fn vpc_cidr(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<Option<Stri
 /// alone.
 #[tokio::test]
 async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() -> Result<()> {
-    let stack = Stack::provision().await?;
-    let ec2 = ec2_client(&sdk_config().await);
-    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
-    let (code, accepted) = post(&stack, "reuse", &two_subnets(60)).await?;
-    assert_eq!(code, 202, "{accepted}");
-    let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
-    let first = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
-    let old_vpc = first["vpc"]["vpc_id"]
-        .as_str()
-        .context("vpc_id")?
-        .to_owned();
+    let Reused {
+        stack,
+        ec2,
+        worker,
+        request_id,
+        old_vpc,
+    } = Reused::succeeded("reuse", 60).await?;
 
     // Kept 30 days from its receipt by the gateway; the table expires it by TTL.
     let record = stored(&stack, &request_id).await?.context("the record")?;
-    let created_ms = number(&record, "created_at")?;
+    let created_ms = number_attribute(&record, "created_at")?;
     assert_eq!(
-        number(&record, "expires_at")?,
+        number_attribute(&record, "expires_at")?,
         created_ms / 1000 + REQUEST_TTL_SECS,
         "expires_at = receipt + 30 days"
     );
-    let ttl = stack
-        .dynamodb
-        .describe_time_to_live()
-        .table_name(stack.table("vpc-requests"))
-        .send()
-        .await?
-        .time_to_live_description
-        .context("ttl")?;
-    assert_eq!(
-        ttl.time_to_live_status(),
-        Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
-    );
     // The row itself stays 35 days longer (purge_at, the TTL attribute), so a message
     // received before the expiry still finds it, however late it is delivered.
-    assert_eq!(ttl.attribute_name(), Some("purge_at"));
     assert_eq!(
-        number(&record, "purge_at")?,
-        number(&record, "expires_at")? + 35 * 24 * 3600,
+        stack.ttl_attribute(stack.table("vpc-requests")).await?,
+        "purge_at"
+    );
+    assert_eq!(
+        number_attribute(&record, "purge_at")?,
+        number_attribute(&record, "expires_at")? + 35 * 24 * 3600,
         "purge_at = expires_at + 35 days"
     );
     assert_eq!(listed(&stack).await?, std::slice::from_ref(&request_id));
@@ -893,10 +890,10 @@ async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() ->
     let record = stored(&stack, &request_id)
         .await?
         .context("the new record")?;
-    let created_again = number(&record, "created_at")?;
+    let created_again = number_attribute(&record, "created_at")?;
     assert!(created_again >= sent_ms.saturating_sub(5_000), "{record:?}");
     assert_eq!(
-        number(&record, "expires_at")?,
+        number_attribute(&record, "expires_at")?,
         created_again / 1000 + REQUEST_TTL_SECS
     );
     assert_eq!(listed(&stack).await?, std::slice::from_ref(&request_id));
@@ -935,7 +932,7 @@ async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() ->
     let (code, after) = get(&stack, &format!("/vpcs/{request_id}")).await?;
     assert_eq!((code, &after["vpc"]["vpc_id"]), (200, &json!(new_vpc)));
     assert_eq!(tagged(&ec2, &request_id).await?.len(), 2, "no third VPC");
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }
 
@@ -945,18 +942,14 @@ async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() ->
 /// adopt the old one.
 #[tokio::test]
 async fn a_takeover_of_a_reused_key_finds_its_own_vpc_not_the_expired_requests() -> Result<()> {
-    let stack = Stack::provision().await?;
-    let ec2 = ec2_client(&sdk_config().await);
-    let worker = Worker::spawn(WORKER, &env(&stack, &[]))?;
-    let (code, accepted) = post(&stack, "again", &two_subnets(62)).await?;
-    assert_eq!(code, 202, "{accepted}");
-    let request_id = accepted["request_id"].as_str().context("id")?.to_owned();
-    let first = wait_for_status(&stack, &request_id, "SUCCEEDED").await?;
-    let old_vpc = first["vpc"]["vpc_id"]
-        .as_str()
-        .context("vpc_id")?
-        .to_owned();
-    worker.terminate(Duration::from_secs(30)).await?;
+    let Reused {
+        stack,
+        ec2,
+        worker,
+        request_id,
+        old_vpc,
+    } = Reused::succeeded("again", 62).await?;
+    worker.stop().await?;
     expire(&stack, &request_id).await?;
 
     // The new request's first delivery dies right after CreateVpc, before the checkpoint.
@@ -1002,6 +995,6 @@ async fn a_takeover_of_a_reused_key_finds_its_own_vpc_not_the_expired_requests()
             "{summary}"
         );
     }
-    worker.terminate(Duration::from_secs(30)).await?;
+    worker.stop().await?;
     Ok(())
 }

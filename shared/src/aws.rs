@@ -39,10 +39,13 @@ pub async fn load_config() -> SdkConfig {
 
 /// An SQS client with the engine's interceptors.
 pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::config::Builder::from(config)
-        .interceptor(KeepAliveOnPlainHttp)
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
+    aws_sdk_sqs::Client::from_conf(sqs_config(config).build())
+}
+
+/// The SQS client configuration the engine uses, to adjust before building (a benchmark points
+/// it at another endpoint).
+pub fn sqs_config(config: &SdkConfig) -> aws_sdk_sqs::config::Builder {
+    aws_sdk_sqs::config::Builder::from(config).interceptor(KeepAliveOnPlainHttp)
 }
 
 /// Adds `Connection: keep-alive` to requests sent over plain `http://`.

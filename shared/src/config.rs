@@ -14,7 +14,9 @@ pub const SQS_MAX_BATCH: usize = 10;
 /// Longest long-poll SQS accepts, in seconds.
 pub const SQS_MAX_WAIT_SECS: u32 = 20;
 /// Default number of messages handled at once by one process (four full batches).
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 40;
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 40;
+/// Variables renamed, kept working for one release with a warning: (old name, new name).
+pub const RENAMED_ENV: [(&str, &str); 1] = [("FLEET_MAX_IN_FLIGHT", "FLEET_MAX_CONCURRENCY")];
 /// Default least concurrency: one full receive.
 pub const DEFAULT_MIN_CONCURRENCY: u32 = 10;
 /// Default grace period on shutdown: under ECS's default 30 s stop timeout.
@@ -34,6 +36,31 @@ pub const BREAKER_PROBE_DEADLINE: Duration = Duration::from_secs(60);
 /// Default longest outage a message is kept going round for (1 day; queues keep 4).
 pub const DEFAULT_OUTAGE_MAX_SECS: u64 = 86_400;
 
+/// The value of a renamed variable's old name ([`RENAMED_ENV`]) when it is set and parses,
+/// else `default`: the default of the new name's option, so that the new name, when set, wins.
+fn renamed_or<T: std::str::FromStr>(old: &str, default: T) -> T {
+    std::env::var(old)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Warnings for the renamed variables set in this environment ([`RENAMED_ENV`]): call once
+/// logging is set up (`fleet::worker::run` does).
+pub fn renamed_env_warnings() -> Vec<String> {
+    RENAMED_ENV
+        .iter()
+        .filter(|(old, _)| std::env::var_os(old).is_some())
+        .map(|(old, new)| {
+            if std::env::var_os(new).is_some() {
+                format!("{old} is ignored: {new} is set (and {old} is its former name)")
+            } else {
+                format!("{old} is deprecated and will be removed in the next release: use {new}")
+            }
+        })
+        .collect()
+}
+
 /// How the engine consumes one queue.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineConfig {
@@ -48,9 +75,12 @@ pub struct EngineConfig {
 
     /// Most messages worked on at once by this process (the scaler's maximum; at least one
     /// full receive of 10, so that a slow message never holds up the next receive).
-    #[arg(long, env = "FLEET_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+    /// `max_concurrency` in topology.json. Formerly FLEET_MAX_IN_FLIGHT / --max-in-flight,
+    /// still read (with a warning) when the new name is not set.
+    #[arg(long, alias = "max-in-flight", env = "FLEET_MAX_CONCURRENCY",
+          default_value_t = renamed_or("FLEET_MAX_IN_FLIGHT", DEFAULT_MAX_CONCURRENCY),
           value_parser = clap::value_parser!(u32).range(SQS_MAX_BATCH as i64..=10_000))]
-    pub max_in_flight: u32,
+    pub max_concurrency: u32,
 
     /// Least messages worked on at once (the scaler's minimum). Equal to --max-in-flight turns
     /// the scaler off.
@@ -164,7 +194,7 @@ impl EngineConfig {
         Self {
             queue_url: queue_url.into(),
             dlq_url: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
             min_concurrency: DEFAULT_MIN_CONCURRENCY,
             target_backlog_per_unit: 10.0,
             scaler_processes: 1,
@@ -191,8 +221,8 @@ impl EngineConfig {
     /// The scaling rule these settings describe.
     pub fn scaler_policy(&self) -> crate::scaler::ScalerPolicy {
         crate::scaler::ScalerPolicy {
-            min: self.min_concurrency.min(self.max_in_flight),
-            max: self.max_in_flight,
+            min: self.min_concurrency.min(self.max_concurrency),
+            max: self.max_concurrency,
             target_backlog_per_unit: self.target_backlog_per_unit,
             processes: self.scaler_processes,
             scale_down_cooldown: Duration::from_secs(self.scale_down_cooldown_secs),

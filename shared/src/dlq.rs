@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::MessageAttributeValue;
 
+use crate::kind;
 use crate::message::Message;
 use crate::outcome::Reason;
 
@@ -62,39 +63,17 @@ pub mod names {
     ];
 }
 
-/// Reason kinds that no redrive can fix: the message itself is wrong (its body or its
-/// attributes), or it conflicts with what is stored (an idempotency key reused with another
-/// payload, results that changed under a fan-out). Every `Outcome::permanent` kind of the
-/// workers that says so; [`redrive_is_safe`] also refuses any kind named by the convention
-/// below.
-pub const REDRIVE_REFUSED: [&str; 16] = [
-    "conflict",
-    "idempotency-conflict",
-    "results-changed",
-    "invalid-json",
-    "invalid-payment",
-    "invalid-orders",
-    "invalid-post",
-    "invalid-response",
-    "invalid-request",
-    "invalid-result",
-    "invalid-cycle",
-    "invalid-message",
-    "invalid-body",
-    "invalid-archive-message",
-    "malformed-command",
-    "missing-attribute",
-];
-
 /// Whether a message dead-lettered with reason `kind` can succeed when it is redriven after the
 /// cause is fixed: `retries-exhausted` (a dependency failed, an outage outlasted the retries),
 /// `dlq-unavailable`, `group-blocked` (a FIFO group stopped behind its head), `deadline-exceeded`,
 /// an AWS error code (`AccessDeniedException`, `ResourceNotFoundException`: a permission or a
 /// resource was missing), a message moved by the queue's redrive policy (no kind). Not: the
-/// kinds of [`REDRIVE_REFUSED`], and by convention any kind starting with `invalid-`,
-/// `malformed-` or `missing-` (the message itself is wrong): they fail again, the same way.
+/// kinds of [`kind::REDRIVE_REFUSED`] and [`kind::LEGACY`], and by convention any kind starting
+/// with `invalid-`, `malformed-` or `missing-` (the message itself is wrong): they fail again,
+/// the same way.
 pub fn redrive_is_safe(kind: &str) -> bool {
-    !(REDRIVE_REFUSED.contains(&kind)
+    !(kind::REDRIVE_REFUSED.contains(&kind)
+        || kind::LEGACY.iter().any(|(old, _)| *old == kind)
         || ["invalid-", "malformed-", "missing-"]
             .iter()
             .any(|prefix| kind.starts_with(prefix)))
@@ -245,18 +224,18 @@ mod tests {
 
     #[test]
     fn dead_letter_keeps_original_attributes_beside_the_reason() {
-        let reason = Reason::new("conflict", "different payload");
+        let reason = Reason::new(kind::CONFLICT, "different payload");
         let attrs = dead_letter_attributes(&message_with(3), &reason, "w", "http://q/x", 7);
         assert_eq!(attrs.len(), 10, "7 reason attributes and 3 originals fit");
         assert_eq!(attrs["a2"].string_value(), Some("v2"));
-        assert_eq!(attrs[names::KIND].string_value(), Some("conflict"));
+        assert_eq!(attrs[names::KIND].string_value(), Some(kind::CONFLICT));
         assert_eq!(attrs[names::RECEIVE_COUNT].string_value(), Some("2"));
         assert_eq!(attrs[names::FAILED_AT].data_type(), "Number");
     }
 
     #[test]
     fn dead_letter_folds_originals_when_they_do_not_fit() {
-        let reason = Reason::new("conflict", "x".repeat(5000));
+        let reason = Reason::new(kind::CONFLICT, "x".repeat(5000));
         let attrs = dead_letter_attributes(&message_with(5), &reason, "w", "q", 7);
         assert!(attrs.len() <= SQS_MAX_MESSAGE_ATTRIBUTES);
         let folded: serde_json::Value =
@@ -283,7 +262,7 @@ mod tests {
             );
             let originals = message.attributes.clone();
             for round in 0..3 {
-                let reason = Reason::new("retries-exhausted", "down");
+                let reason = Reason::new(kind::RETRIES_EXHAUSTED, "down");
                 let copy = dead_letter_attributes(&message, &reason, "w", "q", round);
                 assert!(copy.len() <= SQS_MAX_MESSAGE_ATTRIBUTES);
                 // Moved back as it is: the engine restores it on receive.
@@ -307,17 +286,23 @@ mod tests {
     fn only_kinds_that_a_fix_can_cure_are_safe_to_redrive() {
         // Every kind the engine and the workers dead-letter with, and AWS codes.
         for kind in [
-            "retries-exhausted",
-            "dlq-unavailable",
-            crate::engine::groups::GROUP_BLOCKED,
-            "deadline-exceeded",
+            kind::RETRIES_EXHAUSTED,
+            kind::DLQ_UNAVAILABLE,
+            kind::GROUP_BLOCKED,
+            kind::DEADLINE_EXCEEDED,
             "AccessDeniedException",
             "ResourceNotFoundException",
         ] {
             assert!(redrive_is_safe(kind), "{kind}");
         }
-        for kind in REDRIVE_REFUSED {
+        for kind in kind::REDRIVE_REFUSED {
             assert!(!redrive_is_safe(kind), "{kind}");
+        }
+        for (old, _) in kind::LEGACY {
+            assert!(
+                !redrive_is_safe(old),
+                "written by an earlier release: {old}"
+            );
         }
         for kind in ["invalid-anything-new", "malformed-x", "missing-header"] {
             assert!(!redrive_is_safe(kind), "by convention: {kind}");

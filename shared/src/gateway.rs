@@ -1,5 +1,5 @@
 //! The envelope API Gateway puts around a client's body: the message attributes every write
-//! route's mapping template sets (api-gateway-mappings/openapi.yaml), named once here and read
+//! route's mapping template sets (api-gateway-mappings/services/*.yaml), named once here and read
 //! through [`Envelope`] by every worker.
 //!
 //! | attribute | what |
@@ -36,18 +36,32 @@ pub struct Envelope<'a> {
     pub api_key_id: Option<&'a str>,
 }
 
+/// A non-empty string attribute of `message`.
+fn text<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
+    message.attribute(name).filter(|v| !v.is_empty())
+}
+
 impl<'a> Envelope<'a> {
     /// The envelope of `message`.
     pub fn of(message: &'a Message) -> Self {
-        let text = |name: &str| message.attribute(name).filter(|v| !v.is_empty());
         Self {
-            request_id: text(ATTR_REQUEST_ID),
-            received_at_ms: text(ATTR_RECEIVED_AT)
+            request_id: Self::request_id_of(message),
+            received_at_ms: text(message, ATTR_RECEIVED_AT)
                 .and_then(|v| v.parse().ok())
                 .or(message.sent_at_ms),
-            owner: text(ATTR_OWNER_ID).or_else(|| text(ATTR_API_KEY_ID)),
-            api_key_id: text(ATTR_API_KEY_ID),
+            owner: Self::owner_of(message),
+            api_key_id: text(message, ATTR_API_KEY_ID),
         }
+    }
+
+    /// [`Envelope::owner`] alone, without reading the rest (the hot path of every handler).
+    pub fn owner_of(message: &'a Message) -> Option<&'a str> {
+        text(message, ATTR_OWNER_ID).or_else(|| text(message, ATTR_API_KEY_ID))
+    }
+
+    /// [`Envelope::request_id`] alone (the engine's span of every message).
+    pub fn request_id_of(message: &'a Message) -> Option<&'a str> {
+        text(message, ATTR_REQUEST_ID)
     }
 
     /// When the request was received, or now for a message that says neither (never seen:

@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod group_store;
 pub mod health;
 pub mod json;
+pub mod kind;
 pub mod message;
 pub mod metrics;
 pub mod outcome;

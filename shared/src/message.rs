@@ -79,7 +79,7 @@ impl Message {
     /// queued before the gateway sent owners, when the key id was the identity); `None` for a
     /// message that did not come through the gateway. See docs/security.md.
     pub fn owner(&self) -> Option<&str> {
-        self.envelope().owner
+        crate::gateway::Envelope::owner_of(self)
     }
 
     /// What the gateway said about this message's request ([`crate::gateway::Envelope`]).

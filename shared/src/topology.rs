@@ -30,6 +30,9 @@ pub fn is_fifo(name_or_url: &str) -> bool {
 pub struct Topology {
     /// Queues by name (without prefix).
     pub queues: BTreeMap<String, QueueSpec>,
+    /// Workers by name: the name of the binary that runs it.
+    #[serde(default)]
+    pub workers: BTreeMap<String, WorkerSpec>,
     /// Messages sent on a timer (EventBridge Scheduler in AWS, `fleetctl schedule` locally).
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleSpec>,
@@ -64,6 +67,13 @@ impl ScheduleSpec {
     }
 }
 
+/// One worker: the binary of that name, consuming one queue.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSpec {
+    /// The queue (topology name) it consumes.
+    pub queue: String,
+}
+
 /// One queue and its dead-letter queue.
 #[derive(Debug, Clone, Deserialize)]
 pub struct QueueSpec {
@@ -74,8 +84,6 @@ pub struct QueueSpec {
     pub visibility_timeout_secs: u32,
     /// Receives before SQS moves a message to the DLQ.
     pub max_receive_count: u32,
-    /// The worker binary consuming it.
-    pub worker: String,
     /// A FIFO queue (ordered per message group, deduplicated).
     #[serde(default)]
     pub fifo: bool,
@@ -137,6 +145,52 @@ impl Topology {
         Ok(serde_json::from_str(text)?)
     }
 
+    /// The worker consuming queue `key` (the topology names one consumer per queue; see
+    /// [`Topology::check`]).
+    pub fn consumer(&self, key: &str) -> Option<&str> {
+        self.workers
+            .iter()
+            .find(|(_, w)| w.queue == key)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// What makes a topology inconsistent: a worker on a queue that is not there, a queue no
+    /// worker or two workers consume, a schedule to a queue that is not there.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, w) in &self.workers {
+            if !self.queues.contains_key(&w.queue) {
+                problems.push(format!(
+                    "worker {name} consumes {}, which is no queue",
+                    w.queue
+                ));
+            }
+        }
+        for key in self.queues.keys() {
+            let consumers: Vec<&str> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| &w.queue == key)
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if consumers.len() != 1 {
+                problems.push(format!(
+                    "queue {key} has {} consumers: {consumers:?}",
+                    consumers.len()
+                ));
+            }
+        }
+        for (name, s) in &self.schedules {
+            if !self.queues.contains_key(&s.queue) {
+                problems.push(format!(
+                    "schedule {name} sends to {}, which is no queue",
+                    s.queue
+                ));
+            }
+        }
+        problems
+    }
+
     /// Reads a topology file.
     ///
     /// # Errors
@@ -159,7 +213,7 @@ mod tests {
         let t = Topology::builtin();
         let payments = &t.queues["payments"];
         assert_eq!(payments.max_receive_count, 3);
-        assert_eq!(payments.worker, "payments-worker");
+        assert_eq!(t.consumer("payments"), Some("payments-worker"));
         assert_eq!(
             payments.name("fleet-", "payments", true),
             "fleet-payments-dlq"
@@ -169,6 +223,25 @@ mod tests {
         assert_eq!(
             books.name("fleet-", "books-commands", true),
             "fleet-books-commands-dlq.fifo"
+        );
+    }
+
+    #[test]
+    fn every_queue_has_one_consumer_and_every_worker_a_queue() {
+        assert_eq!(Topology::builtin().check(), Vec::<String>::new());
+        let mut broken = Topology::builtin();
+        broken.workers.remove("payments-worker");
+        broken.workers.insert(
+            "stray".into(),
+            WorkerSpec {
+                queue: "nowhere".into(),
+            },
+        );
+        let problems = broken.check();
+        assert!(problems.iter().any(|p| p.contains("stray")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("queue payments has 0")),
+            "{problems:?}"
         );
     }
 

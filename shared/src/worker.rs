@@ -24,14 +24,18 @@
 //!
 //! let config = Config::parse();
 //! let prefix = config.prefix;
-//! fleet::worker::run("echo-worker", config.worker, |_sdk, _metrics| async { Echo(prefix) })
-//!     .unwrap();
+//! fleet::worker::run("echo-worker", config.worker, |_setup| async { Echo(prefix) }).unwrap();
 //! ```
+//!
+//! Work a worker does beside its queue (a periodic sweep) runs through [`Setup::spawn`]: it is
+//! handed the shutdown token, and the worker waits for it to finish before it exits.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{aws, shutdown, telemetry, Engine, EngineConfig, EngineError, Handler, Metrics};
 use crate::{RuntimeConfig, TelemetryConfig};
@@ -73,11 +77,36 @@ pub enum WorkerError {
     NoGroupStore(String),
 }
 
+/// What a worker's `make_handler` is given: the AWS configuration for its own clients, the
+/// metrics for its own counters, and a way to run background work that stops with the worker.
+#[derive(Debug)]
+pub struct Setup {
+    /// The AWS SDK configuration (endpoint, region, credentials) the engine uses too.
+    pub sdk: SdkConfig,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Setup {
+    /// Runs `task` beside the engine. It is handed the worker's shutdown token and must return
+    /// soon after the token is cancelled (finishing or abandoning what it holds in a way that
+    /// loses nothing); the worker exits once the engine has drained and every task has returned,
+    /// or `FLEET_SHUTDOWN_GRACE_SECS` after the signal.
+    pub fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.shutdown.clone()));
+    }
+}
+
 /// Runs a worker until SIGTERM or Ctrl-C: sets up logs, builds the runtime, loads the AWS
 /// configuration, makes the process's metrics the `metrics` facade's recorder (and serves them
-/// for Prometheus with `FLEET_PROMETHEUS_PORT`), asks `make_handler` for the handler (with the
-/// SDK configuration for its own clients and the metrics for its own counters), then runs the
-/// engine and drains.
+/// for Prometheus with `FLEET_PROMETHEUS_PORT`), asks `make_handler` for the handler (handing it
+/// a [`Setup`]), then runs the engine, drains, and waits for the background tasks.
 /// `name` is the worker's name in logs and metrics unless `FLEET_WORKER_NAME` says otherwise.
 ///
 /// # Errors
@@ -85,7 +114,7 @@ pub enum WorkerError {
 pub fn run<H, F, Fut>(name: &str, args: WorkerArgs, make_handler: F) -> Result<(), WorkerError>
 where
     H: Handler,
-    F: FnOnce(SdkConfig, Arc<Metrics>) -> Fut,
+    F: FnOnce(Setup) -> Fut,
     Fut: Future<Output = H>,
 {
     let WorkerArgs {
@@ -109,6 +138,9 @@ where
         }
     }
     telemetry::init(&telemetry);
+    for warning in crate::config::renamed_env_warnings() {
+        tracing::warn!("{warning}");
+    }
     engine.worker_name.get_or_insert_with(|| name.to_owned());
     runtime.build()?.block_on(async move {
         let sdk = aws::load_config().await;
@@ -121,13 +153,57 @@ where
             crate::metrics::serve_prometheus(&metrics, addr, worker, &queue)?;
             tracing::info!(%addr, "serving Prometheus metrics");
         }
-        let handler = make_handler(sdk.clone(), metrics.clone()).await;
+        let shutdown = shutdown::signal_token();
+        // The background tasks' deadline counts from the signal, not from the engine's drain:
+        // together they stay within the grace period (ECS kills a task 30 s after SIGTERM).
+        let signalled = {
+            let (token, at) = (shutdown.clone(), Arc::new(std::sync::OnceLock::new()));
+            let set = at.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                let _ = set.set(tokio::time::Instant::now());
+            });
+            at
+        };
+        let tasks = TaskTracker::new();
+        let handler = make_handler(Setup {
+            sdk: sdk.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        })
+        .await;
         let group_table = engine.group_table.clone();
+        let grace = std::time::Duration::from_secs(engine.shutdown_grace_secs);
         let engine = Engine::new(aws::sqs_client(&sdk), engine, handler, metrics);
-        with_group_table(engine, &sdk, group_table)?
-            .run(shutdown::signal_token())
-            .await?;
-        Ok(())
+        let ran = match with_group_table(engine, &sdk, group_table) {
+            Ok(engine) => engine
+                .run(shutdown.clone())
+                .await
+                .map_err(WorkerError::from),
+            Err(err) => Err(err),
+        };
+        // The engine has stopped (drained, or failed to start): so does the background work.
+        shutdown.cancel();
+        tasks.close();
+        if !tasks.is_empty() {
+            tracing::info!(tasks = tasks.len(), "waiting for background tasks");
+        }
+        let deadline = signalled
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now)
+            + grace;
+        if tokio::time::timeout_at(deadline, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = tasks.len(),
+                "background tasks still running after the shutdown grace period; leaving them"
+            );
+        }
+        ran.map(drop)
     })
 }
 

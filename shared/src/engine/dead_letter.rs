@@ -97,7 +97,7 @@ pub(super) async fn send_to_dlq<H: Handler>(
             retry_later(
                 shared,
                 &message,
-                &Reason::new("dlq-unavailable", err.to_string()),
+                &Reason::new(crate::kind::DLQ_UNAVAILABLE, err.to_string()),
             )
             .await
         }

@@ -27,8 +27,7 @@ use std::pin::Pin;
 use crate::aws_error::AwsError;
 use crate::message::Message;
 
-/// The reason kind of a message parked behind its group's dead-lettered head.
-pub const GROUP_BLOCKED: &str = "group-blocked";
+pub use crate::kind::GROUP_BLOCKED;
 
 /// A boxed future, for the object-safe [`GroupStore`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -73,7 +72,7 @@ pub trait GroupStore: Send + Sync + 'static {
 /// (a command that can never apply: malformed, a reused key, a conflict) lets the group go
 /// on, as before: waiting behind it would stop the group for good, and would let any client
 /// stop another's group with one bad command.
-pub const STOPS_GROUP: &[&str] = &["retries-exhausted"];
+pub const STOPS_GROUP: &[&str] = &[crate::kind::RETRIES_EXHAUSTED];
 
 /// The group stop a FIFO line works with: its key, and the stop as the line knows it (read once
 /// at the line's start, kept up to date by the line's own writes).

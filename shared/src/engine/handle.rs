@@ -17,7 +17,7 @@ use super::fifo::waiting_in;
 use super::groups::LineStop;
 use super::settle::{change_visibility, change_visibility_many, settle};
 use super::{Delivery, Flow, Shared};
-use crate::gateway::ATTR_REQUEST_ID;
+use crate::gateway::Envelope;
 use crate::message::{Handler, Message};
 use crate::outcome::Outcome;
 use crate::telemetry::MESSAGE_TARGET;
@@ -43,7 +43,7 @@ pub(super) async fn process<H: Handler>(
         queue = %shared.settings.queue_name,
         receive_count = message.receive_count,
         group = message.group_id.as_deref(),
-        request_id = message.attribute(ATTR_REQUEST_ID),
+        request_id = Envelope::request_id_of(&message),
         trace_header = trace_header.as_deref(),
     );
     async move {
@@ -60,7 +60,7 @@ pub(super) async fn process<H: Handler>(
         // copied, and only when the line is on.
         let logged = tracing::enabled!(target: MESSAGE_TARGET, Level::INFO);
         let request_id = logged
-            .then(|| message.attribute(ATTR_REQUEST_ID).map(str::to_owned))
+            .then(|| Envelope::request_id_of(&message).map(str::to_owned))
             .flatten();
         let Some(outcome) = outcome else {
             // Handed back unhandled: if it was a probe, let another go.

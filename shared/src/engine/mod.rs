@@ -257,11 +257,11 @@ impl<H: Handler> Engine<H> {
             max_receive_count = ?settings.max_receive_count,
             fifo = settings.fifo,
             min_concurrency = policy.min,
-            max_in_flight = self.config.max_in_flight,
+            max_concurrency = self.config.max_concurrency,
             "engine started"
         );
 
-        let (deletes, delete_rx) = mpsc::channel(self.config.max_in_flight as usize * 2);
+        let (deletes, delete_rx) = mpsc::channel(self.config.max_concurrency as usize * 2);
         let deleter = tokio::spawn(
             deleter::run_deleter(
                 self.sqs.clone(),

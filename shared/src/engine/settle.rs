@@ -76,7 +76,7 @@ pub(super) async fn settle<H: Handler>(
                 ride_out(shared, message, reason, line).await
             } else if exhausted {
                 let reason = Reason::new(
-                    "retries-exhausted",
+                    crate::kind::RETRIES_EXHAUSTED,
                     format!(
                         "{own} receives of its own ({} in all); last error {reason}",
                         message.receive_count
@@ -128,7 +128,7 @@ async fn ride_out<H: Handler>(
     };
     if let Some(why) = refused {
         let reason = Reason::new(
-            "retries-exhausted",
+            crate::kind::RETRIES_EXHAUSTED,
             format!(
                 "{} receives during a dependency outage ({why}); last error {reason}",
                 message.receive_count
@@ -166,7 +166,7 @@ async fn ride_out<H: Handler>(
         Err(err) => {
             let err = classify(&err);
             let reason = Reason::new(
-                "retries-exhausted",
+                crate::kind::RETRIES_EXHAUSTED,
                 format!(
                     "{} receives during a dependency outage; cannot put it back ({err}); last error {reason}",
                     message.receive_count

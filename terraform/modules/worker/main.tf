@@ -9,7 +9,7 @@ locals {
     FLEET_HEALTH_MAX_AGE_SECS = tostring(var.health_max_age_seconds)
     FLEET_SHUTDOWN_GRACE_SECS = tostring(var.shutdown_grace_seconds)
     FLEET_LOG_FORMAT          = "json"
-    FLEET_WORKER_NAME         = var.name
+    FLEET_WORKER_NAME         = var.worker
     # Each process divides the backlog by the number of tasks it expects at full load.
     FLEET_SCALER_PROCESSES = tostring(max(var.min_tasks, 1))
   })

@@ -1,5 +1,10 @@
 variable "name" {
-  description = "Name of the worker (service, task family, roles, log group)."
+  description = "Name of the worker's AWS resources (service, task family, roles, log group), unique in the account: the deployment's prefix and the worker."
+  type        = string
+}
+
+variable "worker" {
+  description = "The worker's topology name (its binary): FLEET_WORKER_NAME, so its logs, its metrics' Worker dimension and its dead letters' fleet.worker say the same in every deployment (the Queue dimension, a prefixed name, tells deployments apart)."
   type        = string
 }
 

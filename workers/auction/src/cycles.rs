@@ -21,7 +21,13 @@
 //!   idempotent.) The claim and the `FANNED_OUT` mark set `expires_at` (s since the epoch, the
 //!   table's TTL attribute in topology.json) [`CYCLE_TTL`] ahead: DynamoDB deletes a cycle
 //!   record that long after its last write, when no delivery of the cycle can still need it.
+//!
+//! The handler ([`CyclesHandler`]) reaches the source through [`ResultsSource`], the cycle
+//! records through [`CycleStore`] (DynamoDB: [`DynamoCycles`]), the order-results queue through
+//! [`ResultsQueue`] (SQS: [`SqsResults`]) and the notifications through
+//! [`crate::notify::Notify`].
 
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,15 +35,16 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use clap::{Parser, ValueEnum};
+use fleet::kind;
 use fleet::util::{now_ms, sha256_hex};
 use fleet::worker::WorkerArgs;
-use fleet::{classify, Handler, Message, Metrics, Outcome};
+use fleet::{classify, AwsError, Handler, Message, Metrics, Outcome};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::lease::{self, Item, CLAIMED_ELSEWHERE, FREE_OR_MINE};
-use crate::notify::{safe_id, Notification, Notifier};
+use crate::notify::{safe_id, Notification, Notify};
 use crate::order_results::OrderResult;
 use crate::source::{
     AnySource, Fetch, HttpSource, Readiness, ResultsSource, Simulator, SourceError,
@@ -76,6 +83,18 @@ pub struct Config {
     /// What every worker has: the engine, logs, threads.
     #[command(flatten)]
     pub worker: WorkerArgs,
+}
+
+impl Config {
+    /// How long a cycle may wait for its results.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs)
+    }
+
+    /// How long a delivery's claim on a cycle's fan-out lasts past its last checkpoint.
+    pub fn cycle_lease(&self) -> Duration {
+        Duration::from_secs(self.cycle_lease_secs)
+    }
 }
 
 /// Which results source, and its settings.
@@ -178,60 +197,137 @@ const FANNED_OUT: &str = "FANNED_OUT";
 /// Cycle record status while its results are being sent.
 const FANNING_OUT: &str = "FANNING_OUT";
 
-/// The handler of the cycles queue.
-#[derive(Debug)]
-pub struct CyclesHandler<S> {
-    source: S,
-    sqs: aws_sdk_sqs::Client,
-    dynamodb: aws_sdk_dynamodb::Client,
-    order_results_queue_url: String,
-    cycles_table: String,
-    deadline: Duration,
-    lease: Duration,
-    notifier: Notifier,
-    fetches: Arc<AtomicU64>,
-    not_ready: Arc<AtomicU64>,
-    cycles_fanned_out: Arc<AtomicU64>,
-    results_sent: Arc<AtomicU64>,
+/// The retry kind of a cycle whose results are not ready yet.
+pub const RESULTS_NOT_READY: &str = "results-not-ready";
+/// The `event` of the notification of a cycle dead-lettered past its deadline (a field of the
+/// SNS message and a message attribute, for subscription filters): not a dead-letter kind.
+pub const CYCLE_DEADLINE_EVENT: &str = "cycle-deadline-exceeded";
+
+/// A cycle record as a refused claim found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleRecord {
+    /// `FANNING_OUT` or `FANNED_OUT`.
+    pub status: Option<String>,
+    /// The hash of the results whose fan-out began.
+    pub results_sha256: Option<String>,
+    /// Who holds the lease, and for how long, for messages.
+    pub holder: String,
 }
 
-/// Where a cycle's results go and how long it may wait for them.
-#[derive(Debug, Clone)]
-pub struct Targets {
-    /// The order-results queue.
-    pub order_results_queue_url: String,
-    /// The cycle records.
-    pub cycles_table: String,
-    /// From the cycle message's sending.
-    pub deadline: Duration,
-    /// How long a delivery's claim on a fan-out lasts past its last checkpoint.
-    pub lease: Duration,
-}
-
-impl<S: ResultsSource> CyclesHandler<S> {
-    /// A handler counting `results_fetches`, `results_not_ready`, `cycles_fanned_out` and
-    /// `results_sent`.
-    pub fn new(
-        source: S,
-        sqs: aws_sdk_sqs::Client,
-        dynamodb: aws_sdk_dynamodb::Client,
-        targets: Targets,
-        notifier: Notifier,
-        metrics: &Metrics,
-    ) -> Self {
+impl CycleRecord {
+    /// The record of a DynamoDB item.
+    pub fn from_item(item: &Item) -> Self {
         Self {
-            source,
-            sqs,
+            status: lease::string(item, "status").map(str::to_owned),
+            results_sha256: lease::string(item, "results_sha256").map(str::to_owned),
+            holder: lease::holder(item),
+        }
+    }
+}
+
+/// What claiming a cycle's fan-out gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CycleClaim {
+    /// The delivery holds the lease; this many batches were sent (and checkpointed) already.
+    Owned {
+        /// Batches already sent, to skip.
+        batches_sent: usize,
+    },
+    /// Refused: the cycle is fanned out, its results changed, or another delivery holds the
+    /// lease. The record as it was.
+    Refused(CycleRecord),
+}
+
+/// The cycle records: what [`CyclesHandler`] needs of them. [`DynamoCycles`] keeps them in
+/// DynamoDB. Every write after the claim is made only while `owner` holds the lease (which
+/// it extends).
+pub trait CycleStore: Send + Sync + 'static {
+    /// Whether the cycle is `FANNED_OUT`.
+    fn fanned_out(&self, cycle: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Claims the cycle's fan-out for `owner` with the hash and number of its results: unless
+    /// it is fanned out, began with other results, or another delivery holds the lease.
+    fn claim(
+        &self,
+        cycle: &str,
+        results_sha256: &str,
+        results_count: usize,
+        owner: &str,
+    ) -> impl Future<Output = Result<CycleClaim, AwsError>> + Send;
+
+    /// Records that batch `batch` was sent: `false` when `owner` no longer holds the lease
+    /// (another delivery took the cycle over).
+    fn checkpoint(
+        &self,
+        cycle: &str,
+        batch: usize,
+        owner: &str,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Marks the cycle `FANNED_OUT` and ends the lease: `false` when `owner` no longer holds
+    /// it.
+    fn finish(
+        &self,
+        cycle: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Gives `owner`'s lease up so that a retry need not wait for it to expire. Best effort.
+    fn release(&self, cycle: &str, owner: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Where the fanned-out results go: one message per result.
+pub trait ResultsQueue: Send + Sync + 'static {
+    /// Sends one batch of at most 10 results (an error may leave some of them sent: the batch
+    /// is sent again).
+    fn send(&self, batch: &[OrderResult]) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// The order-results queue on SQS.
+#[derive(Debug, Clone)]
+pub struct SqsResults {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsResults {
+    /// Sends to `queue_url`.
+    pub fn new(sqs: aws_sdk_sqs::Client, queue_url: String) -> Self {
+        Self { sqs, queue_url }
+    }
+}
+
+impl ResultsQueue for SqsResults {
+    async fn send(&self, batch: &[OrderResult]) -> Result<(), AwsError> {
+        let entries = batch
+            .iter()
+            .map(|r| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(&r.record_id)
+                    .message_body(serde_json::to_string(r).expect("results serialise"))
+                    .build()
+                    .expect("id and body are set")
+            })
+            .collect();
+        fleet::queue::send_all(&self.sqs, &self.queue_url, entries).await
+    }
+}
+
+/// The cycle records in DynamoDB (partition key `cycle`).
+#[derive(Debug, Clone)]
+pub struct DynamoCycles {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+    lease: Duration,
+}
+
+impl DynamoCycles {
+    /// The records in `table`; a delivery's lease lasts `lease` past its last checkpoint.
+    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: String, lease: Duration) -> Self {
+        Self {
             dynamodb,
-            order_results_queue_url: targets.order_results_queue_url,
-            cycles_table: targets.cycles_table,
-            deadline: targets.deadline,
-            lease: targets.lease,
-            notifier,
-            fetches: metrics.counter("results_fetches"),
-            not_ready: metrics.counter("results_not_ready"),
-            cycles_fanned_out: metrics.counter("cycles_fanned_out"),
-            results_sent: metrics.counter("results_sent"),
+            table,
+            lease,
         }
     }
 
@@ -239,18 +335,33 @@ impl<S: ResultsSource> CyclesHandler<S> {
         AttributeValue::S(cycle.to_owned())
     }
 
-    async fn fanned_out(&self, cycle: &str) -> Result<bool, Outcome> {
+    async fn record(&self, cycle: &str) -> Result<Item, AwsError> {
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key("cycle", Self::key(cycle))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.item.unwrap_or_default())
+    }
+}
+
+impl CycleStore for DynamoCycles {
+    async fn fanned_out(&self, cycle: &str) -> Result<bool, AwsError> {
         let item = self
             .dynamodb
             .get_item()
-            .table_name(&self.cycles_table)
+            .table_name(&self.table)
             .key("cycle", Self::key(cycle))
             .consistent_read(true)
             .projection_expression("#status")
             .expression_attribute_names("#status", "status")
             .send()
             .await
-            .map_err(|e| classify(&e).into_outcome())?;
+            .map_err(|e| classify(&e))?;
         Ok(item
             .item
             .and_then(|i| i.get("status")?.as_s().ok().cloned())
@@ -258,53 +369,19 @@ impl<S: ResultsSource> CyclesHandler<S> {
             == Some(FANNED_OUT))
     }
 
-    /// Past the deadline: one notification, then the DLQ with `why`.
-    async fn give_up(&self, cycle: &str, why: String) -> Outcome {
-        let text = format!(
-            ":rotating_light: auction cycle {cycle} has no results after {} s: {why}",
-            self.deadline.as_secs()
-        );
-        let notification = Notification {
-            id: format!("{cycle}/deadline"),
-            subject: "Auction results missing",
-            body: json!({"text": text, "event": "cycle-deadline-exceeded", "cycle": cycle, "reason": why}),
-            attributes: vec![
-                ("event", "cycle-deadline-exceeded".to_owned()),
-                ("cycle", cycle.to_owned()),
-            ],
-        };
-        match self.notifier.notify_once(&notification).await {
-            Outcome::Done | Outcome::Duplicate => Outcome::permanent(
-                "deadline-exceeded",
-                format!(
-                    "no results after the {} s deadline: {why}",
-                    self.deadline.as_secs()
-                ),
-            ),
-            retry => retry,
-        }
-    }
-
-    /// Claims the cycle's fan-out for `owner`, with the hash of its results: the number of
-    /// batches already sent, or an outcome when there is nothing (more) to do or another
-    /// delivery is at it.
     async fn claim(
         &self,
         cycle: &str,
-        results: &[OrderResult],
+        hash: &str,
+        count: usize,
         owner: &str,
-    ) -> Result<usize, Outcome> {
-        let hash = sha256_hex(
-            serde_json::to_string(results)
-                .expect("results serialise")
-                .as_bytes(),
-        );
+    ) -> Result<CycleClaim, AwsError> {
         let now = now_ms();
         let n = |v: u64| AttributeValue::N(v.to_string());
         let claimed = self
             .dynamodb
             .update_item()
-            .table_name(&self.cycles_table)
+            .table_name(&self.table)
             .key("cycle", Self::key(cycle))
             .update_expression(
                 "SET results_sha256 = if_not_exists(results_sha256, :hash), \
@@ -319,8 +396,8 @@ impl<S: ResultsSource> CyclesHandler<S> {
                  AND (attribute_not_exists(results_sha256) OR results_sha256 = :hash)"
             ))
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":hash", AttributeValue::S(hash.clone()))
-            .expression_attribute_values(":count", n(results.len() as u64))
+            .expression_attribute_values(":hash", AttributeValue::S(hash.to_owned()))
+            .expression_attribute_values(":count", n(count as u64))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":fanning", AttributeValue::S(FANNING_OUT.into()))
             .expression_attribute_values(":now", n(now))
@@ -338,36 +415,24 @@ impl<S: ResultsSource> CyclesHandler<S> {
                     Some(record) => record,
                     None => self.record(cycle).await?,
                 };
-                return Err(refusal(cycle, &hash, &record));
+                return Ok(CycleClaim::Refused(CycleRecord::from_item(&record)));
             }
-            Err(err) => return Err(classify(&err).into_outcome()),
+            Err(err) => return Err(classify(&err)),
         };
-        Ok(record
-            .get("batches_sent")
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        Ok(CycleClaim::Owned {
+            batches_sent: record
+                .get("batches_sent")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        })
     }
 
-    async fn record(&self, cycle: &str) -> Result<Item, Outcome> {
-        let out = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.cycles_table)
-            .key("cycle", Self::key(cycle))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e).into_outcome())?;
-        Ok(out.item.unwrap_or_default())
-    }
-
-    /// Records that batch `i` was sent, if `owner` still holds the lease (which it extends).
-    async fn checkpoint(&self, cycle: &str, i: usize, owner: &str) -> Outcome {
+    async fn checkpoint(&self, cycle: &str, i: usize, owner: &str) -> Result<bool, AwsError> {
         let checkpoint = self
             .dynamodb
             .update_item()
-            .table_name(&self.cycles_table)
+            .table_name(&self.table)
             .key("cycle", Self::key(cycle))
             .update_expression("SET batches_sent = :next, lease_until = :until")
             .condition_expression("batches_sent = :this AND lease_owner = :me")
@@ -381,67 +446,18 @@ impl<S: ResultsSource> CyclesHandler<S> {
             .send()
             .await;
         match checkpoint {
-            Ok(_) => Outcome::Done,
-            Err(e) if lease::failed_condition(&e) => {
-                // This delivery's lease expired and another one took the cycle over.
-                warn!(cycle, batch = i, "another delivery took this cycle over");
-                Outcome::retry(
-                    CLAIMED_ELSEWHERE,
-                    format!("the fan-out of cycle {cycle} was taken over by another delivery before batch {i} was checkpointed"),
-                )
-            }
-            Err(e) => classify(&e).into_outcome(),
+            Ok(_) => Ok(true),
+            Err(e) if lease::failed_condition(&e) => Ok(false),
+            Err(e) => Err(classify(&e)),
         }
     }
 
-    async fn fan_out(&self, cycle: &str, results: Vec<OrderResult>) -> Outcome {
-        let owner = lease::new_owner();
-        let start = match self.claim(cycle, &results, &owner).await {
-            Ok(start) => start,
-            Err(outcome) => return outcome,
-        };
-        // On a failure the checkpoints are true (a batch sent but not checkpointed is sent
-        // again anyway): the lease is given up, so the retry need not wait for it to expire.
-        let release = || {
-            lease::release(
-                &self.dynamodb,
-                &self.cycles_table,
-                ("cycle", Self::key(cycle)),
-                &owner,
-            )
-        };
-        for (i, batch) in results.chunks(10).enumerate().skip(start) {
-            let entries = batch
-                .iter()
-                .map(|r| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(&r.record_id)
-                        .message_body(serde_json::to_string(r).expect("results serialise"))
-                        .build()
-                        .expect("id and body are set")
-                })
-                .collect();
-            if let Err(e) =
-                fleet::queue::send_all(&self.sqs, &self.order_results_queue_url, entries).await
-            {
-                release().await;
-                return e.into_outcome();
-            }
-            Metrics::add(&self.results_sent, batch.len() as u64);
-            match self.checkpoint(cycle, i, &owner).await {
-                Outcome::Done => {}
-                failed => {
-                    // (A no-op when the lease was lost: the release is conditional too.)
-                    release().await;
-                    return failed;
-                }
-            }
-        }
+    async fn finish(&self, cycle: &str, owner: &str) -> Result<bool, AwsError> {
         let now = now_ms();
         let done = self
             .dynamodb
             .update_item()
-            .table_name(&self.cycles_table)
+            .table_name(&self.table)
             .key("cycle", Self::key(cycle))
             .update_expression(
                 "SET #status = :done, finished_at = :now, expires_at = :expires \
@@ -450,21 +466,147 @@ impl<S: ResultsSource> CyclesHandler<S> {
             .condition_expression("lease_owner = :me")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":done", AttributeValue::S(FANNED_OUT.into()))
-            .expression_attribute_values(":me", AttributeValue::S(owner.clone()))
+            .expression_attribute_values(":me", AttributeValue::S(owner.to_owned()))
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .expression_attribute_values(":expires", expires_at(now))
             .send()
             .await;
         match done {
-            Ok(_) => {}
-            Err(e) if lease::failed_condition(&e) => {
+            Ok(_) => Ok(true),
+            Err(e) if lease::failed_condition(&e) => Ok(false),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    async fn release(&self, cycle: &str, owner: &str) {
+        lease::release(
+            &self.dynamodb,
+            &self.table,
+            ("cycle", Self::key(cycle)),
+            owner,
+        )
+        .await;
+    }
+}
+
+/// The handler of the cycles queue, over its results source `S`, cycle records `C`,
+/// order-results queue `Q` and notifier `N`.
+#[derive(Debug)]
+pub struct CyclesHandler<S, C, Q, N> {
+    source: S,
+    cycles: C,
+    queue: Q,
+    notifier: N,
+    deadline: Duration,
+    fetches: Arc<AtomicU64>,
+    not_ready: Arc<AtomicU64>,
+    cycles_fanned_out: Arc<AtomicU64>,
+    results_sent: Arc<AtomicU64>,
+}
+
+/// The hash a cycle's fan-out is claimed with: of its results, as sent.
+fn results_hash(results: &[OrderResult]) -> String {
+    sha256_hex(
+        serde_json::to_string(results)
+            .expect("results serialise")
+            .as_bytes(),
+    )
+}
+
+impl<S: ResultsSource, C: CycleStore, Q: ResultsQueue, N: Notify> CyclesHandler<S, C, Q, N> {
+    /// A handler whose cycles may wait `deadline` for their results (from their message's
+    /// sending), counting `results_fetches`, `results_not_ready`, `cycles_fanned_out` and
+    /// `results_sent`.
+    pub fn new(
+        source: S,
+        cycles: C,
+        queue: Q,
+        notifier: N,
+        deadline: Duration,
+        metrics: &Metrics,
+    ) -> Self {
+        Self {
+            source,
+            cycles,
+            queue,
+            notifier,
+            deadline,
+            fetches: metrics.counter("results_fetches"),
+            not_ready: metrics.counter("results_not_ready"),
+            cycles_fanned_out: metrics.counter("cycles_fanned_out"),
+            results_sent: metrics.counter("results_sent"),
+        }
+    }
+
+    /// Past the deadline: one notification, then the DLQ with `why`.
+    async fn give_up(&self, cycle: &str, why: String) -> Outcome {
+        let text = format!(
+            ":rotating_light: auction cycle {cycle} has no results after {} s: {why}",
+            self.deadline.as_secs()
+        );
+        let notification = Notification {
+            id: format!("{cycle}/deadline"),
+            subject: "Auction results missing",
+            body: json!({"text": text, "event": CYCLE_DEADLINE_EVENT, "cycle": cycle, "reason": why}),
+            attributes: vec![
+                ("event", CYCLE_DEADLINE_EVENT.to_owned()),
+                ("cycle", cycle.to_owned()),
+            ],
+        };
+        match self.notifier.notify_once(&notification).await {
+            Outcome::Done | Outcome::Duplicate => Outcome::permanent(
+                kind::DEADLINE_EXCEEDED,
+                format!(
+                    "no results after the {} s deadline: {why}",
+                    self.deadline.as_secs()
+                ),
+            ),
+            retry => retry,
+        }
+    }
+
+    async fn fan_out(&self, cycle: &str, results: Vec<OrderResult>) -> Outcome {
+        let owner = lease::new_owner();
+        let hash = results_hash(&results);
+        let start = match self.cycles.claim(cycle, &hash, results.len(), &owner).await {
+            Ok(CycleClaim::Owned { batches_sent }) => batches_sent,
+            Ok(CycleClaim::Refused(record)) => return refusal(cycle, &hash, &record),
+            Err(e) => return e.into_outcome(),
+        };
+        // On a failure the checkpoints are true (a batch sent but not checkpointed is sent
+        // again anyway): the lease is given up, so the retry need not wait for it to expire.
+        for (i, batch) in results.chunks(10).enumerate().skip(start) {
+            if let Err(e) = self.queue.send(batch).await {
+                self.cycles.release(cycle, &owner).await;
+                return e.into_outcome();
+            }
+            Metrics::add(&self.results_sent, batch.len() as u64);
+            let failed = match self.cycles.checkpoint(cycle, i, &owner).await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    // This delivery's lease expired and another one took the cycle over.
+                    warn!(cycle, batch = i, "another delivery took this cycle over");
+                    Outcome::retry(
+                        CLAIMED_ELSEWHERE,
+                        format!("the fan-out of cycle {cycle} was taken over by another delivery before batch {i} was checkpointed"),
+                    )
+                }
+                Err(e) => e.into_outcome(),
+            };
+            // (A no-op when the lease was lost: the release is conditional too.)
+            self.cycles.release(cycle, &owner).await;
+            return failed;
+        }
+        match self.cycles.finish(cycle, &owner).await {
+            Ok(true) => {}
+            Ok(false) => {
                 // Every batch is checkpointed; the delivery that took over marks it done.
                 return Outcome::retry(
                     CLAIMED_ELSEWHERE,
                     format!("the fan-out of cycle {cycle} was taken over by another delivery before it was marked done"),
                 );
             }
-            Err(e) => return classify(&e).into_outcome(),
+            Err(e) => return e.into_outcome(),
         }
         Metrics::incr(&self.cycles_fanned_out);
         info!(cycle, results = results.len(), "cycle fanned out");
@@ -475,13 +617,13 @@ impl<S: ResultsSource> CyclesHandler<S> {
 /// What a delivery whose claim on a cycle was refused does, given the record as it was:
 /// nothing when the cycle is fanned out, nothing ever when its results changed (an operator
 /// decides), later when another delivery holds the lease.
-fn refusal(cycle: &str, hash: &str, record: &Item) -> Outcome {
-    if lease::string(record, "status") == Some(FANNED_OUT) {
+fn refusal(cycle: &str, hash: &str, record: &CycleRecord) -> Outcome {
+    if record.status.as_deref() == Some(FANNED_OUT) {
         return Outcome::Duplicate;
     }
-    if lease::string(record, "results_sha256").is_some_and(|h| h != hash) {
+    if record.results_sha256.as_deref().is_some_and(|h| h != hash) {
         return Outcome::permanent(
-            "results-changed",
+            kind::RESULTS_CHANGED,
             format!("the results of cycle {cycle} differ from the ones whose fan-out began; an operator must decide"),
         );
     }
@@ -489,29 +631,34 @@ fn refusal(cycle: &str, hash: &str, record: &Item) -> Outcome {
         CLAIMED_ELSEWHERE,
         format!(
             "cycle {cycle} is being fanned out by another delivery ({})",
-            lease::holder(record)
+            record.holder
         ),
     )
 }
 
-impl<S: ResultsSource> Handler for CyclesHandler<S> {
+impl<S: ResultsSource, C: CycleStore, Q: ResultsQueue, N: Notify> Handler
+    for CyclesHandler<S, C, Q, N>
+{
     async fn handle(&self, message: &Message) -> Outcome {
         let cycle = match serde_json::from_str::<CycleMessage>(&message.body) {
             Ok(m) if safe_id(&m.cycle) => m.cycle,
             Ok(_) => {
                 return Outcome::permanent(
-                    "invalid-cycle",
+                    kind::INVALID_MESSAGE,
                     "cycle must be 1-128 characters of A-Z a-z 0-9 - _ . :",
                 )
             }
             Err(e) => {
-                return Outcome::permanent("invalid-cycle", format!("not a cycle message: {e}"))
+                return Outcome::permanent(
+                    kind::INVALID_MESSAGE,
+                    format!("not a cycle message: {e}"),
+                )
             }
         };
-        match self.fanned_out(&cycle).await {
+        match self.cycles.fanned_out(&cycle).await {
             Ok(true) => return Outcome::Duplicate,
             Ok(false) => {}
-            Err(outcome) => return outcome,
+            Err(e) => return e.into_outcome(),
         }
         Metrics::incr(&self.fetches);
         let fetched = self.source.fetch(&cycle).await;
@@ -527,7 +674,7 @@ impl<S: ResultsSource> Handler for CyclesHandler<S> {
                         .await
                 } else {
                     Outcome::retry(
-                        "results-not-ready",
+                        RESULTS_NOT_READY,
                         format!("results of cycle {cycle} not ready"),
                     )
                 }
@@ -544,6 +691,14 @@ impl<S: ResultsSource> Handler for CyclesHandler<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use fleet::ErrorClass;
+
+    use crate::fakes::{self, FakeRecords, FakeSns};
+    use crate::notify::Notifier;
 
     use crate::lease::test_item as record;
 
@@ -574,6 +729,7 @@ mod tests {
 
     #[test]
     fn a_refused_claim_is_a_duplicate_a_conflict_or_a_retry() {
+        let record = |fields: &[(&str, &str)]| CycleRecord::from_item(&record(fields));
         let done = record(&[("status", FANNED_OUT), ("results_sha256", "h1")]);
         assert_eq!(refusal("c", "h1", &done), Outcome::Duplicate);
         assert_eq!(
@@ -584,7 +740,7 @@ mod tests {
         let changed = record(&[("status", FANNING_OUT), ("results_sha256", "h1")]);
         assert!(matches!(
             refusal("c", "h2", &changed),
-            Outcome::Permanent(r) if r.kind == "results-changed"
+            Outcome::Permanent(r) if r.kind == kind::RESULTS_CHANGED
         ));
         let busy = record(&[
             ("status", FANNING_OUT),
@@ -598,5 +754,355 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A results source answering what the test sets, counting its fetches.
+    struct FakeSource {
+        answer: Mutex<Result<Fetch, SourceError>>,
+        fetches: Mutex<u32>,
+    }
+
+    impl ResultsSource for FakeSource {
+        async fn fetch(&self, _cycle: &str) -> Result<Fetch, SourceError> {
+            *self.fetches.lock().unwrap() += 1;
+            self.answer.lock().unwrap().clone()
+        }
+    }
+
+    /// A cycle record as the fake keeps it.
+    #[derive(Debug, Clone, Default)]
+    struct Row {
+        status: String,
+        hash: String,
+        batches_sent: usize,
+        lease_owner: Option<String>,
+    }
+
+    /// The cycle records in memory, with a failure for the next read.
+    #[derive(Default)]
+    struct FakeCycles {
+        rows: Mutex<HashMap<String, Row>>,
+        fail: Mutex<Option<AwsError>>,
+    }
+
+    impl FakeCycles {
+        fn row(&self, cycle: &str) -> Row {
+            self.rows.lock().unwrap()[cycle].clone()
+        }
+
+        /// Runs `change` on the row if `owner` holds its lease.
+        fn owned(&self, cycle: &str, owner: &str, change: impl FnOnce(&mut Row) -> bool) -> bool {
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.get_mut(cycle).expect("claimed");
+            row.lease_owner.as_deref() == Some(owner) && change(row)
+        }
+    }
+
+    impl CycleStore for FakeCycles {
+        async fn fanned_out(&self, cycle: &str) -> Result<bool, AwsError> {
+            if let Some(err) = self.fail.lock().unwrap().take() {
+                return Err(err);
+            }
+            let rows = self.rows.lock().unwrap();
+            Ok(rows.get(cycle).is_some_and(|r| r.status == FANNED_OUT))
+        }
+
+        async fn claim(
+            &self,
+            cycle: &str,
+            hash: &str,
+            _count: usize,
+            owner: &str,
+        ) -> Result<CycleClaim, AwsError> {
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.entry(cycle.to_owned()).or_insert_with(|| Row {
+                status: FANNING_OUT.into(),
+                hash: hash.into(),
+                ..Row::default()
+            });
+            let held = row.lease_owner.as_deref().is_some_and(|o| o != owner);
+            if row.status == FANNED_OUT || row.hash != hash || held {
+                return Ok(CycleClaim::Refused(CycleRecord {
+                    status: Some(row.status.clone()),
+                    results_sha256: Some(row.hash.clone()),
+                    holder: format!("held by {}", row.lease_owner.as_deref().unwrap_or("nobody")),
+                }));
+            }
+            row.lease_owner = Some(owner.to_owned());
+            Ok(CycleClaim::Owned {
+                batches_sent: row.batches_sent,
+            })
+        }
+
+        async fn checkpoint(
+            &self,
+            cycle: &str,
+            batch: usize,
+            owner: &str,
+        ) -> Result<bool, AwsError> {
+            Ok(self.owned(cycle, owner, |row| {
+                let next = row.batches_sent == batch;
+                if next {
+                    row.batches_sent += 1;
+                }
+                next
+            }))
+        }
+
+        async fn finish(&self, cycle: &str, owner: &str) -> Result<bool, AwsError> {
+            Ok(self.owned(cycle, owner, |row| {
+                row.status = FANNED_OUT.into();
+                row.lease_owner = None;
+                true
+            }))
+        }
+
+        async fn release(&self, cycle: &str, owner: &str) {
+            self.owned(cycle, owner, |row| {
+                row.lease_owner = None;
+                true
+            });
+        }
+    }
+
+    /// The order-results queue in memory: the record ids of each batch sent; fails the send
+    /// numbered `fail_on` (from 1) once.
+    #[derive(Default)]
+    struct FakeQueue {
+        batches: Mutex<Vec<Vec<String>>>,
+        sends: Mutex<u32>,
+        fail_on: Mutex<Option<u32>>,
+    }
+
+    impl ResultsQueue for FakeQueue {
+        async fn send(&self, batch: &[OrderResult]) -> Result<(), AwsError> {
+            let mut sends = self.sends.lock().unwrap();
+            *sends += 1;
+            if *self.fail_on.lock().unwrap() == Some(*sends) {
+                *self.fail_on.lock().unwrap() = None;
+                return Err(fakes::error(ErrorClass::Retryable, "ServiceUnavailable"));
+            }
+            assert!(batch.len() <= 10, "at most 10 per batch");
+            let ids = batch.iter().map(|r| r.record_id.clone()).collect();
+            self.batches.lock().unwrap().push(ids);
+            Ok(())
+        }
+    }
+
+    type Tested = CyclesHandler<FakeSource, FakeCycles, FakeQueue, Notifier<FakeRecords, FakeSns>>;
+
+    const CYCLE: &str = "2026-11-23T00:40:00Z";
+
+    fn handler(answer: Result<Fetch, SourceError>) -> (Tested, FakeSns) {
+        let (notifier, _, sns) = fakes::notifier();
+        let source = FakeSource {
+            answer: Mutex::new(answer),
+            fetches: Mutex::new(0),
+        };
+        let handler = CyclesHandler::new(
+            source,
+            FakeCycles::default(),
+            FakeQueue::default(),
+            notifier,
+            Duration::from_secs(60),
+            &Metrics::new(),
+        );
+        (handler, sns)
+    }
+
+    /// `n` results of the cycle, every fifth rejected.
+    fn results(n: usize, price: f64) -> Fetch {
+        Fetch::Ready(
+            (0..n)
+                .map(|i| OrderResult {
+                    cycle: CYCLE.into(),
+                    record_id: format!("o-{i:02}"),
+                    status: if i % 5 == 0 { "rejected" } else { "accepted" }.into(),
+                    reason: (i % 5 == 0).then(|| "late".to_owned()),
+                    rest: serde_json::Map::from_iter([("price".to_owned(), json!(price))]),
+                })
+                .collect(),
+        )
+    }
+
+    /// The cycle's message, sent `age` ago.
+    fn delivery(age: Duration) -> Message {
+        Message {
+            message_id: "m-1".into(),
+            body: json!({ "cycle": CYCLE }).to_string(),
+            receive_count: 1,
+            sent_at_ms: Some(now_ms() - age.as_millis() as u64),
+            ..Message::default()
+        }
+    }
+
+    fn fresh() -> Message {
+        delivery(Duration::from_secs(1))
+    }
+
+    fn sent_ids(handler: &Tested) -> Vec<String> {
+        handler.queue.batches.lock().unwrap().concat()
+    }
+
+    #[tokio::test]
+    async fn results_not_ready_are_a_retry_without_a_send() {
+        let (handler, sns) = handler(Ok(Fetch::NotReady));
+        match handler.handle(&fresh()).await {
+            Outcome::Retry(reason) => {
+                assert_eq!(reason.kind, RESULTS_NOT_READY);
+                assert!(!reason.dependency, "not an outage of the source");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sent_ids(&handler).is_empty());
+        assert_eq!(sns.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn ready_results_are_fanned_out_once_in_batches_of_ten() {
+        let (handler, _) = handler(Ok(results(23, 1.0)));
+        assert_eq!(handler.handle(&fresh()).await, Outcome::Done);
+        let sizes: Vec<usize> = handler
+            .queue
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [10, 10, 3]);
+        let row = handler.cycles.row(CYCLE);
+        assert_eq!((row.status.as_str(), row.batches_sent), (FANNED_OUT, 3));
+        assert_eq!(row.lease_owner, None);
+        // A redelivery sends nothing and does not even ask the source.
+        assert_eq!(handler.handle(&fresh()).await, Outcome::Duplicate);
+        assert_eq!(sent_ids(&handler).len(), 23);
+        assert_eq!(*handler.source.fetches.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_resumes_after_the_last_batch_checkpointed() {
+        let (handler, _) = handler(Ok(results(23, 1.0)));
+        *handler.queue.fail_on.lock().unwrap() = Some(2);
+        assert_eq!(
+            handler.handle(&fresh()).await,
+            Outcome::unavailable("ServiceUnavailable", "injected")
+        );
+        let row = handler.cycles.row(CYCLE);
+        assert_eq!((row.batches_sent, row.lease_owner), (1, None));
+        assert_eq!(handler.handle(&fresh()).await, Outcome::Done);
+        let mut ids = sent_ids(&handler);
+        assert_eq!(ids.len(), 23, "each result sent once");
+        ids.dedup();
+        assert_eq!(ids.len(), 23);
+    }
+
+    #[tokio::test]
+    async fn results_changed_since_the_fan_out_began_are_permanent() {
+        let (handler, _) = handler(Ok(results(23, 1.0)));
+        *handler.queue.fail_on.lock().unwrap() = Some(2);
+        assert!(matches!(handler.handle(&fresh()).await, Outcome::Retry(_)));
+        *handler.source.answer.lock().unwrap() = Ok(results(23, 2.0));
+        match handler.handle(&fresh()).await {
+            Outcome::Permanent(reason) => assert_eq!(reason.kind, kind::RESULTS_CHANGED),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sent_ids(&handler).len(), 10, "nothing more sent");
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_held_by_another_delivery_is_a_retry() {
+        let (handler, _) = handler(Ok(results(3, 1.0)));
+        let Ok(Fetch::Ready(ready)) = handler.source.answer.lock().unwrap().clone() else {
+            unreachable!()
+        };
+        handler.cycles.rows.lock().unwrap().insert(
+            CYCLE.into(),
+            Row {
+                status: FANNING_OUT.into(),
+                hash: results_hash(&ready),
+                batches_sent: 0,
+                lease_owner: Some("another".into()),
+            },
+        );
+        match handler.handle(&fresh()).await {
+            Outcome::Retry(reason) => {
+                assert_eq!(reason.kind, CLAIMED_ELSEWHERE);
+                assert!(
+                    reason.message.contains("held by another"),
+                    "{}",
+                    reason.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sent_ids(&handler).is_empty());
+    }
+
+    #[tokio::test]
+    async fn past_the_deadline_the_cycle_is_dead_lettered_and_notified_once() {
+        let (handler, sns) = handler(Ok(Fetch::NotReady));
+        let late = delivery(Duration::from_secs(3600));
+        for answer in [Ok(Fetch::NotReady), Err(SourceError::Status(503))] {
+            *handler.source.answer.lock().unwrap() = answer;
+            match handler.handle(&late).await {
+                Outcome::Permanent(reason) => assert_eq!(reason.kind, kind::DEADLINE_EXCEEDED),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(sns.count(), 1, "one notification per cycle");
+        let (_, body, attributes) = sns.published.lock().unwrap()[0].clone();
+        assert_eq!(body["event"], CYCLE_DEADLINE_EVENT);
+        assert_eq!(body["cycle"], CYCLE);
+        assert!(attributes.contains(&("event".to_owned(), CYCLE_DEADLINE_EVENT.to_owned())));
+        assert!(sent_ids(&handler).is_empty());
+    }
+
+    #[tokio::test]
+    async fn source_failures_are_retries_an_outage_blames_the_source() {
+        let (handler, _) = handler(Err(SourceError::Timeout(Duration::from_secs(5))));
+        match handler.handle(&fresh()).await {
+            Outcome::Retry(reason) => assert!(reason.dependency && reason.kind == "source-timeout"),
+            other => panic!("{other:?}"),
+        }
+        *handler.source.answer.lock().unwrap() = Err(SourceError::Malformed("x".into()));
+        match handler.handle(&fresh()).await {
+            Outcome::Retry(reason) => {
+                assert!(!reason.dependency && reason.kind == "source-malformed")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_dynamodb_error_is_a_retry() {
+        let (handler, _) = handler(Ok(results(3, 1.0)));
+        *handler.cycles.fail.lock().unwrap() = Some(fakes::error(
+            ErrorClass::Retryable,
+            "ProvisionedThroughputExceededException",
+        ));
+        assert_eq!(
+            handler.handle(&fresh()).await,
+            Outcome::unavailable("ProvisionedThroughputExceededException", "injected")
+        );
+        assert_eq!(*handler.source.fetches.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_cycle_message_is_permanent() {
+        let (handler, _) = handler(Ok(Fetch::NotReady));
+        for body in ["not json", "{}", r#"{"cycle":"../etc"}"#, r#"{"cycle":""}"#] {
+            let message = Message {
+                body: body.into(),
+                ..fresh()
+            };
+            match handler.handle(&message).await {
+                Outcome::Permanent(reason) => {
+                    assert_eq!(reason.kind, kind::INVALID_MESSAGE, "{body}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert_eq!(*handler.source.fetches.lock().unwrap(), 0);
     }
 }

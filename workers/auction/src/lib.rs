@@ -13,6 +13,10 @@
 //! ([`order_results`]); both notify through [`notify::Notifier`] (once per id). Both claim
 //! their work in DynamoDB under a [`lease`]: one delivery at a time publishes a notification or
 //! fans a cycle out.
+//!
+//! Each handler is generic over narrow traits for what it reaches (the results source, the
+//! cycle records, the order-results queue, the results bucket, the notifier), implemented on
+//! AWS by the workers and by fakes in the unit tests.
 
 use std::time::Duration;
 
@@ -21,6 +25,9 @@ pub mod lease;
 pub mod notify;
 pub mod order_results;
 pub mod source;
+
+#[cfg(test)]
+mod fakes;
 
 /// Where notifications go: the topic and the dedupe table that makes each one go once.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +56,7 @@ impl NotificationArgs {
         sdk: &aws_config::SdkConfig,
         dynamodb: aws_sdk_dynamodb::Client,
         metrics: &fleet::Metrics,
-    ) -> notify::Notifier {
+    ) -> notify::AwsNotifier {
         let lease = Duration::from_secs(self.notification_lease_secs);
         let limit = notify::publish_limit(lease);
         let sns = aws_sdk_sns::Client::from_conf(
@@ -65,10 +72,8 @@ impl NotificationArgs {
                 .build(),
         );
         notify::Notifier::new(
-            sns,
-            dynamodb,
-            self.topic_arn,
-            self.notifications_table,
+            notify::DynamoNotifications::new(dynamodb, self.notifications_table),
+            notify::SnsPublisher::new(sns, self.topic_arn),
             lease,
             metrics,
         )

@@ -23,8 +23,13 @@
 //! Every write of a record (the claim, the `SENT` mark) sets `expires_at` (s since the epoch,
 //! the table's TTL attribute in topology.json) [`NOTIFICATION_TTL`] ahead: DynamoDB deletes a
 //! record that long after its last write, when no redelivery can still need it.
+//!
+//! The [`Notifier`] keeps this logic over two narrow traits, [`NotificationRecords`] (DynamoDB:
+//! [`DynamoNotifications`]) and [`Publisher`] (SNS: [`SnsPublisher`]); the handlers see it as
+//! [`Notify`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +37,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_sns::types::MessageAttributeValue;
 use fleet::util::now_ms;
-use fleet::{classify, Metrics, Outcome};
+use fleet::{classify, AwsError, Metrics, Outcome};
 use serde_json::Value;
 use tracing::warn;
 
@@ -82,49 +87,130 @@ pub struct Notification<'a> {
     pub attributes: Vec<(&'a str, String)>,
 }
 
-/// Publishes notifications once each.
+/// What claiming a notification's dedupe record gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationClaim {
+    /// The delivery holds the claim: it may publish.
+    Taken,
+    /// The notification was sent already.
+    Sent,
+    /// Another live delivery holds the claim (who, and for how long, for messages).
+    Held(String),
+}
+
+/// The dedupe records of notifications: what a [`Notifier`] needs of its table.
+/// [`DynamoNotifications`] keeps them in DynamoDB.
+pub trait NotificationRecords: Send + Sync + 'static {
+    /// Claims notification `id` for `owner` until `until` (ms since the epoch; `now` is when
+    /// the claim is made): unless it was sent, or another delivery holds an unexpired claim.
+    fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        now: u64,
+        until: u64,
+    ) -> impl Future<Output = Result<NotificationClaim, AwsError>> + Send;
+
+    /// Marks notification `id` `SENT` if `owner` still holds its claim: `false` when the
+    /// claim passed to another delivery before.
+    fn mark_sent(
+        &self,
+        id: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Gives `owner`'s claim up (nothing was published). Best effort.
+    fn release(&self, id: &str, owner: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Publishes one notification: the SNS topic ([`SnsPublisher`]).
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `n`.
+    fn publish(&self, n: &Notification<'_>) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// Sends notifications once each: what the handlers need ([`Notifier`]).
+pub trait Notify: Send + Sync + 'static {
+    /// Publishes `n` unless a notification with its id was already sent: `Done` when it
+    /// published, `Duplicate` when it had been sent, a retry (`claimed-elsewhere`) while
+    /// another delivery is publishing it, a retry on an AWS error.
+    fn notify_once(&self, n: &Notification<'_>) -> impl Future<Output = Outcome> + Send;
+}
+
+/// The Outcome kind of a delivery whose claim took so long that too little of its lease is
+/// left to publish.
+pub const CLAIM_TOO_SLOW: &str = "claim-too-slow";
+
+/// Publishes notifications once each, over its dedupe records and its publisher.
 #[derive(Debug, Clone)]
-pub struct Notifier {
-    sns: aws_sdk_sns::Client,
-    dynamodb: aws_sdk_dynamodb::Client,
-    topic_arn: String,
-    table: String,
+pub struct Notifier<R, P> {
+    records: R,
+    publisher: P,
     lease: Duration,
     unmarked: Arc<Unmarked>,
     sent: Arc<AtomicU64>,
 }
 
-impl Notifier {
-    /// A notifier on `topic_arn` with its dedupe `table`, whose claims last `lease`, counting
-    /// `notifications_sent`. The SNS client should give up on a call after
+/// The notifier of the workers: records in DynamoDB, published on SNS.
+pub type AwsNotifier = Notifier<DynamoNotifications, SnsPublisher>;
+
+impl<R: NotificationRecords, P: Publisher> Notifier<R, P> {
+    /// A notifier over `records` and `publisher`, whose claims last `lease`, counting
+    /// `notifications_sent`. The publisher should give up on a call after
     /// [`publish_limit`]`(lease)`.
-    pub fn new(
-        sns: aws_sdk_sns::Client,
-        dynamodb: aws_sdk_dynamodb::Client,
-        topic_arn: String,
-        table: String,
-        lease: Duration,
-        metrics: &Metrics,
-    ) -> Self {
+    pub fn new(records: R, publisher: P, lease: Duration, metrics: &Metrics) -> Self {
         Self {
-            sns,
-            dynamodb,
-            topic_arn,
-            table,
+            records,
+            publisher,
             lease,
             unmarked: Arc::default(),
             sent: metrics.counter("notifications_sent"),
         }
     }
 
-    fn key(id: &str) -> (&'static str, AttributeValue) {
-        ("notification_id", AttributeValue::S(id.to_owned()))
+    /// Takes the claim for `owner`: when its lease ends (ms since the epoch), or what to do
+    /// instead of publishing.
+    async fn claim(&self, id: &str, owner: &str) -> Result<u64, Outcome> {
+        let now = now_ms();
+        let until = lease::until(now, self.lease);
+        match self.records.claim(id, owner, now, until).await {
+            Ok(NotificationClaim::Taken) => Ok(until),
+            Ok(NotificationClaim::Sent) => Err(Outcome::Duplicate),
+            Ok(NotificationClaim::Held(holder)) => Err(Outcome::retry(
+                CLAIMED_ELSEWHERE,
+                format!("notification {id} is being published by another delivery ({holder})"),
+            )),
+            Err(err) => Err(err.into_outcome()),
+        }
     }
 
-    /// Publishes `n` unless a notification with its id was already sent: `Done` when it
-    /// published, `Duplicate` when it had been sent, a retry (`claimed-elsewhere`) while
-    /// another delivery is publishing it, a retry on an AWS error.
-    pub async fn notify_once(&self, n: &Notification<'_>) -> Outcome {
+    /// Marks the notification `SENT` if `owner` still holds its claim.
+    async fn mark_sent(&self, id: &str, owner: &str) -> Outcome {
+        match self.records.mark_sent(id, owner).await {
+            Ok(true) => {
+                self.unmarked.forget(id);
+                Outcome::Done
+            }
+            Ok(false) => {
+                // The lease ended before the mark, and another delivery took it over.
+                self.unmarked.forget(id);
+                warn!(
+                    notification = id,
+                    "published after the claim passed to another delivery: it may publish again"
+                );
+                Outcome::Done
+            }
+            Err(err) => {
+                self.unmarked.remember(id, owner);
+                warn!(notification = id, error = %err, "published, but cannot mark it SENT; the retry only marks it");
+                err.into_outcome()
+            }
+        }
+    }
+}
+
+impl<R: NotificationRecords, P: Publisher> Notify for Notifier<R, P> {
+    async fn notify_once(&self, n: &Notification<'_>) -> Outcome {
         // A retry of a delivery of this process that published but could not mark `SENT`
         // takes that delivery's lease again, and only marks.
         let published_by = self.unmarked.owner(&n.id);
@@ -141,9 +227,9 @@ impl Notifier {
         if published_by.is_none() {
             let limit = publish_limit(self.lease);
             if !lease::leaves(until, now_ms(), limit) {
-                self.release(&n.id, &owner).await;
+                self.records.release(&n.id, &owner).await;
                 return Outcome::retry(
-                    "claim-too-slow",
+                    CLAIM_TOO_SLOW,
                     format!(
                         "the claim of notification {} took so long that less than {} ms of its lease is left to publish",
                         n.id,
@@ -151,20 +237,56 @@ impl Notifier {
                     ),
                 );
             }
-            if let Err(err) = self.publish(n).await {
-                self.release(&n.id, &owner).await;
-                return classify(&err).into_outcome();
+            if let Err(err) = self.publisher.publish(n).await {
+                self.records.release(&n.id, &owner).await;
+                return err.into_outcome();
             }
             Metrics::incr(&self.sent);
         }
         self.mark_sent(&n.id, &owner).await
     }
+}
 
-    /// Takes the claim for `owner`: when its lease ends (ms since the epoch), or what to do
-    /// instead of publishing.
-    async fn claim(&self, id: &str, owner: &str) -> Result<u64, Outcome> {
-        let now = now_ms();
-        let until = lease::until(now, self.lease);
+/// The dedupe records in DynamoDB (`notifications` table, partition key `notification_id`).
+#[derive(Debug, Clone)]
+pub struct DynamoNotifications {
+    dynamodb: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoNotifications {
+    /// The records in `table`.
+    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self { dynamodb, table }
+    }
+
+    fn key(id: &str) -> (&'static str, AttributeValue) {
+        ("notification_id", AttributeValue::S(id.to_owned()))
+    }
+
+    async fn get(&self, id: &str) -> Result<Item, AwsError> {
+        let (name, key) = Self::key(id);
+        let out = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .key(name, key)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.item.unwrap_or_default())
+    }
+}
+
+impl NotificationRecords for DynamoNotifications {
+    async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<NotificationClaim, AwsError> {
         let n = |v: u64| AttributeValue::N(v.to_string());
         let (name, key) = Self::key(id);
         let claimed = self
@@ -193,60 +315,19 @@ impl Notifier {
             .send()
             .await;
         match claimed {
-            Ok(_) => Ok(until),
+            Ok(_) => Ok(NotificationClaim::Taken),
             Err(err) if lease::failed_condition(&err) => {
                 let record = match lease::refused_item(&err) {
                     Some(record) => record,
                     None => self.get(id).await?,
                 };
-                Err(refusal(id, &record))
+                Ok(refused(&record))
             }
-            Err(err) => Err(classify(&err).into_outcome()),
+            Err(err) => Err(classify(&err)),
         }
     }
 
-    async fn get(&self, id: &str) -> Result<Item, Outcome> {
-        let (name, key) = Self::key(id);
-        let out = self
-            .dynamodb
-            .get_item()
-            .table_name(&self.table)
-            .key(name, key)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e).into_outcome())?;
-        Ok(out.item.unwrap_or_default())
-    }
-
-    async fn release(&self, id: &str, owner: &str) {
-        lease::release(&self.dynamodb, &self.table, Self::key(id), owner).await;
-    }
-
-    async fn publish(
-        &self,
-        n: &Notification<'_>,
-    ) -> Result<(), aws_sdk_sns::error::SdkError<aws_sdk_sns::operation::publish::PublishError>>
-    {
-        let mut publish = self
-            .sns
-            .publish()
-            .topic_arn(&self.topic_arn)
-            .subject(n.subject)
-            .message(n.body.to_string());
-        for (name, value) in &n.attributes {
-            let value = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .expect("data type is set");
-            publish = publish.message_attributes(*name, value);
-        }
-        publish.send().await.map(|_| ())
-    }
-
-    /// Marks the notification `SENT` if `owner` still holds its claim.
-    async fn mark_sent(&self, id: &str, owner: &str) -> Outcome {
+    async fn mark_sent(&self, id: &str, owner: &str) -> Result<bool, AwsError> {
         let (name, key) = Self::key(id);
         let now = now_ms();
         let marked = self
@@ -267,42 +348,58 @@ impl Notifier {
             .send()
             .await;
         match marked {
-            Ok(_) => {
-                self.unmarked.forget(id);
-                Outcome::Done
-            }
-            Err(err) if lease::failed_condition(&err) => {
-                // The lease ended before the mark, and another delivery took it over.
-                self.unmarked.forget(id);
-                warn!(
-                    notification = id,
-                    "published after the claim passed to another delivery: it may publish again"
-                );
-                Outcome::Done
-            }
-            Err(err) => {
-                self.unmarked.remember(id, owner);
-                let err = classify(&err);
-                warn!(notification = id, error = %err, "published, but cannot mark it SENT; the retry only marks it");
-                err.into_outcome()
-            }
+            Ok(_) => Ok(true),
+            Err(err) if lease::failed_condition(&err) => Ok(false),
+            Err(err) => Err(classify(&err)),
         }
+    }
+
+    async fn release(&self, id: &str, owner: &str) {
+        lease::release(&self.dynamodb, &self.table, Self::key(id), owner).await;
     }
 }
 
-/// What a delivery whose claim was refused does, given the record as it was: nothing when the
-/// notification was sent, later when another delivery holds the claim.
-fn refusal(id: &str, record: &Item) -> Outcome {
+/// The SNS topic notifications are published on.
+#[derive(Debug, Clone)]
+pub struct SnsPublisher {
+    sns: aws_sdk_sns::Client,
+    topic_arn: String,
+}
+
+impl SnsPublisher {
+    /// Publishes on `topic_arn` (the client should give up after [`publish_limit`]).
+    pub fn new(sns: aws_sdk_sns::Client, topic_arn: String) -> Self {
+        Self { sns, topic_arn }
+    }
+}
+
+impl Publisher for SnsPublisher {
+    async fn publish(&self, n: &Notification<'_>) -> Result<(), AwsError> {
+        let mut publish = self
+            .sns
+            .publish()
+            .topic_arn(&self.topic_arn)
+            .subject(n.subject)
+            .message(n.body.to_string());
+        for (name, value) in &n.attributes {
+            let value = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .expect("data type is set");
+            publish = publish.message_attributes(*name, value);
+        }
+        publish.send().await.map(drop).map_err(|e| classify(&e))
+    }
+}
+
+/// What a refused claim means, given the record as it was: the notification was sent, or
+/// another delivery holds the claim.
+fn refused(record: &Item) -> NotificationClaim {
     if lease::string(record, "status") == Some(SENT) {
-        Outcome::Duplicate
+        NotificationClaim::Sent
     } else {
-        Outcome::retry(
-            CLAIMED_ELSEWHERE,
-            format!(
-                "notification {id} is being published by another delivery ({})",
-                lease::holder(record)
-            ),
-        )
+        NotificationClaim::Held(lease::holder(record))
     }
 }
 
@@ -351,23 +448,14 @@ mod tests {
     use crate::lease::test_item as record;
 
     #[test]
-    fn a_refused_claim_is_a_duplicate_once_sent_else_a_retry() {
+    fn a_refused_claim_is_sent_or_held_by_another() {
         assert_eq!(
-            refusal("c/r", &record(&[("status", SENT)])),
-            Outcome::Duplicate
+            refused(&record(&[("status", SENT)])),
+            NotificationClaim::Sent
         );
-        let busy = refusal(
-            "c/r",
-            &record(&[("status", CLAIMED), ("lease_owner", "7-ab")]),
-        );
-        match busy {
-            Outcome::Retry(reason) => {
-                assert_eq!(reason.kind, CLAIMED_ELSEWHERE);
-                assert!(
-                    reason.message.contains("held by 7-ab"),
-                    "{}",
-                    reason.message
-                );
+        match refused(&record(&[("status", CLAIMED), ("lease_owner", "7-ab")])) {
+            NotificationClaim::Held(holder) => {
+                assert!(holder.contains("held by 7-ab"), "{holder}");
             }
             other => panic!("{other:?}"),
         }

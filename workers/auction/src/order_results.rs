@@ -10,21 +10,26 @@
 //! - rejected → an error, notified on the SNS topic (chat-ready: `text` plus `cycle`,
 //!   `record_id`, `reason`; message attributes `event`, `cycle` for subscription filters) and the
 //!   message is finished, not retried. Exactly one notification per rejected order
-//!   ([`Notifier`]).
+//!   ([`crate::notify::Notifier`]).
+//!
+//! The handler ([`OrderResultsHandler`]) writes through [`ResultStore`] (S3: [`S3Results`])
+//! and notifies through [`Notify`].
 
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use clap::Parser;
+use fleet::kind;
 use fleet::worker::WorkerArgs;
-use fleet::{classify, Handler, Message, Metrics, Outcome};
+use fleet::{classify, AwsError, Handler, Message, Metrics, Outcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tracing::info;
 
-use crate::notify::{safe_id, Notification, Notifier};
+use crate::notify::{safe_id, Notification, Notify};
 
 /// Command line and environment of the `order-results-worker` binary.
 #[derive(Debug, Parser)]
@@ -48,6 +53,14 @@ pub struct Config {
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
+
+/// The `event` of the notification of a rejected order (a field of the SNS message and a
+/// message attribute, for subscription filters): not a dead-letter kind.
+pub const ORDER_REJECTED_EVENT: &str = "order-rejected";
+/// The status of an accepted order.
+pub const ACCEPTED: &str = "accepted";
+/// The status of a rejected order.
+pub const REJECTED: &str = "rejected";
 
 /// One order's result in a cycle: what `results-worker` fans out, one per message.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -81,13 +94,13 @@ impl OrderResult {
             subject: "Order rejected",
             body: json!({
                 "text": format!(":warning: order {} was rejected in auction cycle {}: {}", self.record_id, self.cycle, reason),
-                "event": "order-rejected",
+                "event": ORDER_REJECTED_EVENT,
                 "cycle": self.cycle,
                 "record_id": self.record_id,
                 "reason": reason,
             }),
             attributes: vec![
-                ("event", "order-rejected".to_owned()),
+                ("event", ORDER_REJECTED_EVENT.to_owned()),
                 ("cycle", self.cycle.clone()),
             ],
         }
@@ -101,7 +114,7 @@ impl OrderResult {
             );
         }
         match self.status.as_str() {
-            "accepted" | "rejected" => Ok(()),
+            ACCEPTED | REJECTED => Ok(()),
             other => Err(format!(
                 "record {}: unknown status {other:?} (accepted or rejected)",
                 self.record_id
@@ -110,49 +123,82 @@ impl OrderResult {
     }
 }
 
-/// The handler.
-#[derive(Debug)]
-pub struct OrderResultsHandler {
+/// Where accepted results are stored: what [`OrderResultsHandler`] needs of the bucket.
+/// [`S3Results`] writes them to S3.
+pub trait ResultStore: Send + Sync + 'static {
+    /// Writes `body` under `key` (writing the same key again writes the same object).
+    fn put(&self, key: &str, body: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// The results bucket on S3, with its optional KMS key ([`put_result`]).
+#[derive(Debug, Clone)]
+pub struct S3Results {
     s3: aws_sdk_s3::Client,
     bucket: String,
     kms_key_id: Option<String>,
-    notifier: Notifier,
-    stored: Arc<AtomicU64>,
 }
 
-impl OrderResultsHandler {
-    /// A handler writing to `bucket` (SSE-KMS with `kms_key_id`, else the bucket's default
-    /// encryption), counting `results_stored`.
-    pub fn new(
-        s3: aws_sdk_s3::Client,
-        bucket: String,
-        kms_key_id: Option<String>,
-        notifier: Notifier,
-        metrics: &Metrics,
-    ) -> Self {
+impl S3Results {
+    /// Writes to `bucket` (SSE-KMS with `kms_key_id`, else the bucket's default encryption).
+    pub fn new(s3: aws_sdk_s3::Client, bucket: String, kms_key_id: Option<String>) -> Self {
         Self {
             s3,
             bucket,
             kms_key_id,
+        }
+    }
+}
+
+impl ResultStore for S3Results {
+    async fn put(&self, key: &str, body: &str) -> Result<(), AwsError> {
+        let put = put_result(
+            &self.s3,
+            &self.bucket,
+            self.kms_key_id.as_deref(),
+            key,
+            body,
+        );
+        put.send().await.map(drop).map_err(|e| classify(&e))
+    }
+}
+
+/// An S3 client from the shared AWS configuration: path-style addressing (LocalStack answers
+/// on one host name), keep-alive on plain HTTP.
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(true)
+            .interceptor(fleet::aws::KeepAliveOnPlainHttp)
+            .build(),
+    )
+}
+
+/// The handler, over the bucket `S` and the notifier `N`.
+#[derive(Debug)]
+pub struct OrderResultsHandler<S, N> {
+    results: S,
+    notifier: N,
+    stored: Arc<AtomicU64>,
+}
+
+impl<S: ResultStore, N: Notify> OrderResultsHandler<S, N> {
+    /// A handler storing accepted results in `results` and notifying rejected ones through
+    /// `notifier`, counting `results_stored`.
+    pub fn new(results: S, notifier: N, metrics: &Metrics) -> Self {
+        Self {
+            results,
             notifier,
             stored: metrics.counter("results_stored"),
         }
     }
 
     async fn store(&self, result: &OrderResult, body: &str) -> Outcome {
-        let put = put_result(
-            &self.s3,
-            &self.bucket,
-            self.kms_key_id.as_deref(),
-            &result.object_key(),
-            body,
-        );
-        match put.send().await {
-            Ok(_) => {
+        match self.results.put(&result.object_key(), body).await {
+            Ok(()) => {
                 Metrics::incr(&self.stored);
                 Outcome::Done
             }
-            Err(err) => classify(&err).into_outcome(),
+            Err(err) => err.into_outcome(),
         }
     }
 }
@@ -182,18 +228,21 @@ pub fn put_result(
     }
 }
 
-impl Handler for OrderResultsHandler {
+impl<S: ResultStore, N: Notify> Handler for OrderResultsHandler<S, N> {
     async fn handle(&self, message: &Message) -> Outcome {
         let result: OrderResult = match serde_json::from_str(&message.body) {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::permanent("invalid-result", format!("not an order result: {e}"))
+                return Outcome::permanent(
+                    kind::INVALID_MESSAGE,
+                    format!("not an order result: {e}"),
+                )
             }
         };
         if let Err(why) = result.validate() {
-            return Outcome::permanent("invalid-result", why);
+            return Outcome::permanent(kind::INVALID_MESSAGE, why);
         }
-        if result.status == "accepted" {
+        if result.status == ACCEPTED {
             return self.store(&result, &message.body).await;
         }
         let outcome = self.notifier.notify_once(&result.notification()).await;
@@ -207,6 +256,10 @@ impl Handler for OrderResultsHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::fakes::{self, FakeRecords, FakeSns};
+    use crate::lease::CLAIMED_ELSEWHERE;
+    use crate::notify::Notifier;
 
     fn result(text: &str) -> OrderResult {
         serde_json::from_str(text).unwrap()
@@ -320,5 +373,158 @@ mod tests {
         ] {
             assert!(result(bad).validate().is_err(), "{bad}");
         }
+    }
+
+    /// The bucket in memory: its objects, how many puts, a failure for the next put.
+    #[derive(Default)]
+    struct FakeBucket {
+        objects: std::sync::Mutex<std::collections::HashMap<String, String>>,
+        puts: std::sync::Mutex<u32>,
+        fail: std::sync::Mutex<Option<AwsError>>,
+    }
+
+    impl ResultStore for FakeBucket {
+        async fn put(&self, key: &str, body: &str) -> Result<(), AwsError> {
+            if let Some(err) = self.fail.lock().unwrap().take() {
+                return Err(err);
+            }
+            *self.puts.lock().unwrap() += 1;
+            self.objects
+                .lock()
+                .unwrap()
+                .insert(key.to_owned(), body.to_owned());
+            Ok(())
+        }
+    }
+
+    type Tested = OrderResultsHandler<FakeBucket, Notifier<FakeRecords, FakeSns>>;
+
+    fn handler() -> (Tested, FakeRecords, FakeSns) {
+        let (notifier, records, sns) = fakes::notifier();
+        let handler = OrderResultsHandler::new(FakeBucket::default(), notifier, &Metrics::new());
+        (handler, records, sns)
+    }
+
+    fn delivery(body: &str) -> Message {
+        Message {
+            message_id: "m-1".into(),
+            body: body.into(),
+            receive_count: 1,
+            ..Message::default()
+        }
+    }
+
+    const ACCEPTED_BODY: &str =
+        r#"{"cycle":"c-1","record_id":"r-1","status":"accepted","price":41.27}"#;
+    const REJECTED_BODY: &str =
+        r#"{"cycle":"c-1","record_id":"r-2","status":"rejected","reason":"price too low"}"#;
+
+    #[tokio::test]
+    async fn an_accepted_result_is_stored_once_under_its_key() {
+        let (handler, _, sns) = handler();
+        for _ in 0..2 {
+            assert_eq!(
+                handler.handle(&delivery(ACCEPTED_BODY)).await,
+                Outcome::Done
+            );
+        }
+        let objects = handler.results.objects.lock().unwrap();
+        assert_eq!(objects.len(), 1, "a redelivery writes the same object");
+        assert_eq!(objects["results/c-1/r-1.json"], ACCEPTED_BODY);
+        assert_eq!(sns.count(), 0, "an accepted result notifies nothing");
+    }
+
+    #[tokio::test]
+    async fn a_rejected_result_is_notified_exactly_once_across_redeliveries() {
+        let (handler, records, sns) = handler();
+        assert_eq!(
+            handler.handle(&delivery(REJECTED_BODY)).await,
+            Outcome::Done
+        );
+        assert_eq!(
+            handler.handle(&delivery(REJECTED_BODY)).await,
+            Outcome::Duplicate
+        );
+        assert_eq!(sns.count(), 1);
+        assert!(records.sent("c-1/r-2"));
+        let (subject, body, attributes) = sns.published.lock().unwrap()[0].clone();
+        assert_eq!(subject, "Order rejected");
+        assert_eq!(body["event"], ORDER_REJECTED_EVENT);
+        assert_eq!(body["reason"], "price too low");
+        assert!(attributes.contains(&("event".to_owned(), ORDER_REJECTED_EVENT.to_owned())));
+        assert!(handler.results.objects.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_publish_whose_sent_mark_failed_is_marked_not_published_again() {
+        let (handler, records, sns) = handler();
+        *records.fail_mark.lock().unwrap() = Some(fakes::error(
+            fleet::ErrorClass::Retryable,
+            "ProvisionedThroughputExceededException",
+        ));
+        assert!(matches!(
+            handler.handle(&delivery(REJECTED_BODY)).await,
+            Outcome::Retry(_)
+        ));
+        assert_eq!(sns.count(), 1);
+        assert_eq!(
+            handler.handle(&delivery(REJECTED_BODY)).await,
+            Outcome::Done
+        );
+        assert_eq!(sns.count(), 1, "the retry only marks it sent");
+        assert!(records.sent("c-1/r-2"));
+    }
+
+    #[tokio::test]
+    async fn a_rejection_claimed_by_another_delivery_is_a_retry_without_a_publish() {
+        let (handler, records, sns) = handler();
+        records.hold("c-1/r-2", "another");
+        match handler.handle(&delivery(REJECTED_BODY)).await {
+            Outcome::Retry(reason) => assert_eq!(reason.kind, CLAIMED_ELSEWHERE),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sns.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_body_is_permanent_without_a_write_or_a_notification() {
+        let (handler, _, sns) = handler();
+        for body in [
+            "not json",
+            r#"{"cycle":"c-1","status":"accepted"}"#,
+            r#"{"cycle":"c-1","record_id":"r-1","status":"maybe"}"#,
+            r#"{"cycle":"../c","record_id":"r-1","status":"rejected"}"#,
+        ] {
+            match handler.handle(&delivery(body)).await {
+                Outcome::Permanent(reason) => {
+                    assert_eq!(reason.kind, kind::INVALID_MESSAGE, "{body}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert_eq!(*handler.results.puts.lock().unwrap(), 0);
+        assert_eq!(sns.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn aws_errors_follow_their_class() {
+        let (handler, _, sns) = handler();
+        *handler.results.fail.lock().unwrap() =
+            Some(fakes::error(fleet::ErrorClass::Retryable, "SlowDown"));
+        assert_eq!(
+            handler.handle(&delivery(ACCEPTED_BODY)).await,
+            Outcome::unavailable("SlowDown", "injected")
+        );
+        *sns.fail.lock().unwrap() = Some(fakes::error(fleet::ErrorClass::Retryable, "Throttling"));
+        assert_eq!(
+            handler.handle(&delivery(REJECTED_BODY)).await,
+            Outcome::unavailable("Throttling", "injected")
+        );
+        // Nothing was sent: the next delivery publishes.
+        assert_eq!(
+            handler.handle(&delivery(REJECTED_BODY)).await,
+            Outcome::Done
+        );
+        assert_eq!(sns.count(), 1);
     }
 }

@@ -29,6 +29,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use clap::Parser;
+use fleet::kind;
 use fleet::worker::WorkerArgs;
 use fleet::{Handler, Message, Metrics, Outcome};
 use tracing::{info, warn};
@@ -98,7 +99,7 @@ impl<S: BookStore> BooksHandler<S> {
             Some(hash) if hash != command.payload_hash => {
                 warn!(request_id = %command.request_id, "idempotency key reused with another payload");
                 Outcome::permanent(
-                    "idempotency-conflict",
+                    kind::CONFLICT,
                     format!(
                         "request {} on book {} was decided with another payload: the idempotency key was reused; the first command stands",
                         command.request_id, command.book_id
@@ -114,7 +115,7 @@ impl<S: BookStore> Handler for BooksHandler<S> {
     async fn handle(&self, message: &Message) -> Outcome {
         let command = match Command::from_message(message) {
             Ok(command) => command,
-            Err(malformed) => return Outcome::permanent("malformed-command", malformed.0),
+            Err(malformed) => return Outcome::permanent(kind::INVALID_MESSAGE, malformed.0),
         };
         if let Err(rejection) = command.check() {
             return self.reject(&command, rejection).await;
@@ -315,7 +316,7 @@ mod tests {
         let other = command("CREATE", None, &BOOK.replace("Dune", "Emma"));
         let outcome = h.handle(&other).await;
         assert!(
-            matches!(&outcome, Outcome::Permanent(r) if r.kind == "idempotency-conflict"),
+            matches!(&outcome, Outcome::Permanent(r) if r.kind == kind::CONFLICT),
             "{outcome:?}"
         );
     }
@@ -324,7 +325,7 @@ mod tests {
     async fn malformed_messages_are_dead_lettered_and_store_errors_keep_their_class() {
         let h = handler();
         let outcome = h.handle(&command("CREATE", None, "not json")).await;
-        assert!(matches!(&outcome, Outcome::Permanent(r) if r.kind == "malformed-command"));
+        assert!(matches!(&outcome, Outcome::Permanent(r) if r.kind == kind::INVALID_MESSAGE));
         *h.store.fail.lock().unwrap() = Some(AwsError {
             class: ErrorClass::Retryable,
             code: "ProvisionedThroughputExceededException".into(),

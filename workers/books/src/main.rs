@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
     fleet::worker::run(
         env!("CARGO_PKG_NAME"),
         config.worker,
-        |sdk, metrics| async move {
+        |fleet::worker::Setup { sdk, metrics, .. }| async move {
             let dynamodb = fleet::dynamodb::client(&sdk);
             BooksHandler::new(
                 DynamoStore::new(dynamodb, books, commands, &metrics),

@@ -16,19 +16,23 @@
 //!   are stored the message goes to the DLQ naming the conflicting ids;
 //! - a message that is not a batch goes to the DLQ at once; throttling and 5xx are retried (the
 //!   records stored before the failure are duplicates next time).
+//!
+//! The handler is generic over a narrow [`store::OrderStore`] (one idempotent conditional put);
+//! [`store::DynamoStore`] is the table.
 
 pub mod order;
+pub mod store;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use clap::Parser;
+use fleet::kind;
 use fleet::worker::WorkerArgs;
-use fleet::{classify, Handler, Message, Metrics, Outcome};
+use fleet::{Handler, Message, Metrics, Outcome};
 
-use crate::order::{parse_batch, Order};
+use crate::order::parse_batch;
+use crate::store::{Insert, NewOrder, OrderStore};
 
 /// The gateway attributes naming the caller (docs/security.md), defined by the engine.
 pub use fleet::message::{ATTR_API_KEY_ID, ATTR_OWNER_ID};
@@ -64,122 +68,59 @@ pub struct Config {
     pub worker: WorkerArgs,
 }
 
-/// The orders handler.
+/// The orders handler, over any [`OrderStore`].
 #[derive(Debug)]
-pub struct OrdersHandler {
-    dynamodb: aws_sdk_dynamodb::Client,
-    table: String,
+pub struct OrdersHandler<S> {
+    store: S,
     stored: Arc<AtomicU64>,
-    writes: Arc<AtomicU64>,
 }
 
-enum Stored {
-    New,
-    Again,
-    Conflict,
-}
-
-impl OrdersHandler {
-    /// A handler over `table`, counting `orders_stored` and `dynamodb_writes`.
-    pub fn new(dynamodb: aws_sdk_dynamodb::Client, table: String, metrics: &Metrics) -> Self {
+impl<S: OrderStore> OrdersHandler<S> {
+    /// A handler writing to `store`, counting `orders_stored`.
+    pub fn new(store: S, metrics: &Metrics) -> Self {
         Self {
-            dynamodb,
-            table,
+            store,
             stored: metrics.counter("orders_stored"),
-            writes: metrics.counter("dynamodb_writes"),
-        }
-    }
-
-    async fn store(
-        &self,
-        owner: &str,
-        order: &Order,
-        received_at: u64,
-        message_id: &str,
-    ) -> Result<Stored, Outcome> {
-        let hash = order.payload_hash();
-        Metrics::incr(&self.writes);
-        let result = self
-            .dynamodb
-            .put_item()
-            .table_name(&self.table)
-            .item(
-                "owner_record_id",
-                AttributeValue::S(format!("{owner}#{}", order.record_id)),
-            )
-            .item("owner_id", AttributeValue::S(owner.to_owned()))
-            .item("record_id", AttributeValue::S(order.record_id.clone()))
-            .item("parameter_1", AttributeValue::S(order.parameter_1.clone()))
-            .item("parameter_2", fleet::dynamodb::number(&order.parameter_2))
-            .item("payload_hash", AttributeValue::S(hash.clone()))
-            .item("received_at", AttributeValue::N(received_at.to_string()))
-            .item(
-                "expires_at",
-                AttributeValue::N((received_at / 1000 + ORDER_TTL_SECS).to_string()),
-            )
-            .item("message_id", AttributeValue::S(message_id.to_owned()))
-            // Absent, or expired when this batch was received (TTL deletes within days, and
-            // never on LocalStack): an expired order frees its `record_id`, as GET shows it.
-            .condition_expression("attribute_not_exists(owner_record_id) OR expires_at <= :now")
-            .expression_attribute_values(
-                ":now",
-                AttributeValue::N((received_at / 1000).to_string()),
-            )
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Stored::New),
-            Err(err) => match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
-                    let same = failed
-                        .item()
-                        .and_then(|i| i.get("payload_hash"))
-                        .and_then(|v| v.as_s().ok())
-                        .is_some_and(|h| *h == hash);
-                    Ok(if same {
-                        Stored::Again
-                    } else {
-                        Stored::Conflict
-                    })
-                }
-                _ => Err(classify(&err).into_outcome()),
-            },
         }
     }
 }
 
-impl Handler for OrdersHandler {
+impl<S: OrderStore> Handler for OrdersHandler<S> {
     async fn handle(&self, message: &Message) -> Outcome {
         let orders = match parse_batch(&message.body) {
             Ok(orders) => orders,
-            Err(why) => return Outcome::permanent("invalid-orders", why),
+            Err(why) => return Outcome::permanent(kind::INVALID_MESSAGE, why),
         };
         let owner = owner_of(message);
         if owner.contains('#') {
             return Outcome::permanent(
-                "invalid-orders",
+                kind::INVALID_MESSAGE,
                 format!("owner id {owner:?} contains '#', the key's separator"),
             );
         }
-        let received_at = message.envelope().received_at_or_now();
+        let received_at_ms = message.envelope().received_at_or_now();
         let (mut new, mut conflicts) = (0, Vec::new());
         for order in &orders {
-            match self
-                .store(owner, order, received_at, &message.message_id)
-                .await
-            {
-                Ok(Stored::New) => new += 1,
-                Ok(Stored::Again) => {}
-                Ok(Stored::Conflict) => conflicts.push(order.record_id.as_str()),
-                Err(outcome) => return outcome,
+            let hash = order.payload_hash();
+            let insert = NewOrder {
+                owner,
+                order,
+                payload_hash: &hash,
+                received_at_ms,
+                message_id: &message.message_id,
+            };
+            match self.store.insert(insert).await {
+                Ok(Insert::Created) => new += 1,
+                Ok(Insert::Exists { payload_hash })
+                    if payload_hash.as_deref() == Some(hash.as_str()) => {}
+                Ok(Insert::Exists { .. }) => conflicts.push(order.record_id.as_str()),
+                Err(err) => return err.into_outcome(),
             }
         }
-        self.stored
-            .fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        Metrics::add(&self.stored, new);
         if !conflicts.is_empty() {
             return Outcome::permanent(
-                "conflict",
+                kind::CONFLICT,
                 format!(
                     "records of owner {owner} stored earlier with other content (left untouched): {}",
                     conflicts.join(", ")
@@ -196,8 +137,42 @@ impl Handler for OrdersHandler {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use fleet::{AwsError, ErrorClass};
 
     use super::*;
+
+    /// An in-memory table (key → payload hash) with an optional injected failure.
+    #[derive(Default)]
+    struct FakeStore {
+        rows: Mutex<HashMap<String, String>>,
+        writes: Mutex<u32>,
+        fail: Mutex<Option<AwsError>>,
+    }
+
+    impl OrderStore for FakeStore {
+        async fn insert(&self, new: NewOrder<'_>) -> Result<Insert, AwsError> {
+            if let Some(err) = self.fail.lock().unwrap().clone() {
+                return Err(err);
+            }
+            let mut rows = self.rows.lock().unwrap();
+            let key = store::key(new.owner, &new.order.record_id);
+            if let Some(existing) = rows.get(&key) {
+                return Ok(Insert::Exists {
+                    payload_hash: Some(existing.clone()),
+                });
+            }
+            *self.writes.lock().unwrap() += 1;
+            rows.insert(key, new.payload_hash.to_owned());
+            Ok(Insert::Created)
+        }
+    }
+
+    fn handler() -> OrdersHandler<FakeStore> {
+        OrdersHandler::new(FakeStore::default(), &Metrics::new())
+    }
 
     fn message(attrs: &[(&str, &str)]) -> Message {
         let attributes = attrs
@@ -210,11 +185,127 @@ mod tests {
         }
     }
 
+    fn batch(owner: &str, body: &str) -> Message {
+        Message {
+            message_id: "m-1".into(),
+            body: body.into(),
+            sent_at_ms: Some(1_000),
+            ..message(&[(ATTR_OWNER_ID, owner)])
+        }
+    }
+
+    const BODY: &str = r#"[{"record_id":"r1","parameter_1":"a","parameter_2":2.1},{"record_id":"r2","parameter_1":"b","parameter_2":1e-7}]"#;
+
+    fn kind_of(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Permanent(reason) => reason.kind.into_owned(),
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+    }
+
     #[test]
     fn the_owner_is_the_gateway_s_then_the_api_key_s_then_none() {
         let both = message(&[(ATTR_OWNER_ID, "sub-1"), (ATTR_API_KEY_ID, "key-1")]);
         assert_eq!(owner_of(&both), "sub-1");
         assert_eq!(owner_of(&message(&[(ATTR_API_KEY_ID, "key-1")])), "key-1");
         assert_eq!(owner_of(&message(&[])), NO_OWNER);
+    }
+
+    #[tokio::test]
+    async fn a_new_batch_is_stored_and_the_same_again_is_a_duplicate() {
+        let handler = handler();
+        assert_eq!(handler.handle(&batch("o-1", BODY)).await, Outcome::Done);
+        assert_eq!(
+            handler.handle(&batch("o-1", BODY)).await,
+            Outcome::Duplicate
+        );
+        // The same records however their numbers are written.
+        let respelled = BODY.replace("2.1", "2.10");
+        assert_eq!(
+            handler.handle(&batch("o-1", &respelled)).await,
+            Outcome::Duplicate
+        );
+        assert_eq!(*handler.store.writes.lock().unwrap(), 2);
+        assert_eq!(handler.stored.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_same_id_with_other_content_is_a_conflict_after_the_rest_is_stored() {
+        let handler = handler();
+        let first = r#"[{"record_id":"r1","parameter_1":"a","parameter_2":2.1}]"#;
+        assert_eq!(handler.handle(&batch("o-1", first)).await, Outcome::Done);
+        let changed = r#"[{"record_id":"r1","parameter_1":"a","parameter_2":2.2},{"record_id":"r2","parameter_1":"b","parameter_2":1}]"#;
+        let Outcome::Permanent(reason) = handler.handle(&batch("o-1", changed)).await else {
+            panic!("expected a conflict");
+        };
+        assert_eq!(reason.kind, kind::CONFLICT);
+        assert!(reason.message.ends_with(": r1"), "{}", reason.message);
+        let rows = handler.store.rows.lock().unwrap();
+        assert_eq!(rows.len(), 2, "r2 is stored, r1 left untouched");
+        assert_eq!(
+            rows["o-1#r1"],
+            parse_batch(first).unwrap()[0].payload_hash()
+        );
+    }
+
+    #[tokio::test]
+    async fn another_owner_s_same_id_is_a_separate_row() {
+        let handler = handler();
+        assert_eq!(handler.handle(&batch("o-1", BODY)).await, Outcome::Done);
+        let other = BODY.replace("2.1", "3");
+        assert_eq!(handler.handle(&batch("o-2", &other)).await, Outcome::Done);
+        let rows = handler.store.rows.lock().unwrap();
+        let mut keys: Vec<&String> = rows.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["o-1#r1", "o-1#r2", "o-2#r1", "o-2#r2"]);
+    }
+
+    #[tokio::test]
+    async fn invalid_batches_are_permanent_without_a_write() {
+        let handler = handler();
+        for body in [
+            "not json",
+            "[]",
+            r#"{"record_id":"r1"}"#,
+            r#"[{"record_id":"r1","parameter_1":"a","parameter_2":"2"}]"#,
+        ] {
+            assert_eq!(
+                kind_of(handler.handle(&batch("o-1", body)).await),
+                kind::INVALID_MESSAGE,
+                "{body}"
+            );
+        }
+        assert_eq!(
+            kind_of(handler.handle(&batch("o#1", BODY)).await),
+            kind::INVALID_MESSAGE,
+            "an owner id with the key's separator"
+        );
+        assert_eq!(*handler.store.writes.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn store_errors_follow_their_class() {
+        let handler = handler();
+        *handler.store.fail.lock().unwrap() = Some(AwsError {
+            class: ErrorClass::Retryable,
+            code: "ProvisionedThroughputExceededException".into(),
+            message: "slow down".into(),
+        });
+        assert_eq!(
+            handler.handle(&batch("o-1", BODY)).await,
+            Outcome::unavailable("ProvisionedThroughputExceededException", "slow down"),
+        );
+        *handler.store.fail.lock().unwrap() = Some(AwsError {
+            class: ErrorClass::Permanent,
+            code: "ValidationException".into(),
+            message: "bad".into(),
+        });
+        assert_eq!(
+            kind_of(handler.handle(&batch("o-1", BODY)).await),
+            "ValidationException"
+        );
+        // Once the table answers again, the batch is stored.
+        *handler.store.fail.lock().unwrap() = None;
+        assert_eq!(handler.handle(&batch("o-1", BODY)).await, Outcome::Done);
     }
 }

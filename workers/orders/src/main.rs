@@ -1,6 +1,7 @@
-//! `orders-worker`: parse configuration, run the engine with the orders handler.
+//! `orders-worker`: parse configuration, build the store, run the engine.
 
 use clap::Parser;
+use orders_worker::store::DynamoStore;
 use orders_worker::{Config, OrdersHandler};
 
 #[global_allocator]
@@ -12,9 +13,9 @@ fn main() -> anyhow::Result<()> {
     fleet::worker::run(
         env!("CARGO_PKG_NAME"),
         config.worker,
-        |sdk, metrics| async move {
+        |fleet::worker::Setup { sdk, metrics, .. }| async move {
             let dynamodb = fleet::dynamodb::client(&sdk);
-            OrdersHandler::new(dynamodb, table, &metrics)
+            OrdersHandler::new(DynamoStore::new(dynamodb, table, &metrics), &metrics)
         },
     )?;
     Ok(())

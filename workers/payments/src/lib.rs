@@ -35,6 +35,7 @@ pub mod payment;
 pub mod store;
 
 use clap::Parser;
+use fleet::kind;
 use fleet::worker::WorkerArgs;
 use fleet::{Handler, Message, Outcome};
 
@@ -82,7 +83,7 @@ impl<S: PaymentStore> Handler for PaymentsHandler<S> {
     async fn handle(&self, message: &Message) -> Outcome {
         let Some(payment_id) = message.attribute(ATTR_PAYMENT_ID) else {
             return Outcome::permanent(
-                "missing-attribute",
+                kind::MISSING_ATTRIBUTE,
                 format!("message attribute {ATTR_PAYMENT_ID} is missing"),
             );
         };
@@ -104,7 +105,7 @@ impl<S: PaymentStore> Handler for PaymentsHandler<S> {
                 Outcome::Duplicate
             }
             Ok(Insert::Exists { payload_hash }) => Outcome::permanent(
-                "conflict",
+                kind::CONFLICT,
                 format!(
                     "payment {} of owner {} is already stored with another payload (this one for user {}; stored hash {}, this one {hash})",
                     payment.payment_id,
@@ -199,7 +200,7 @@ mod tests {
         );
         let changed = BODY.replace("12.5", "13");
         match handler.handle(&message(Some("p-1"), &changed)).await {
-            Outcome::Permanent(reason) => assert_eq!(reason.kind, "conflict"),
+            Outcome::Permanent(reason) => assert_eq!(reason.kind, kind::CONFLICT),
             other => panic!("expected a conflict, got {other:?}"),
         }
         assert_eq!(*handler.store.writes.lock().unwrap(), 1);
@@ -229,7 +230,7 @@ mod tests {
             .handle(&owned_message(&mine, Some("p-1"), &other_user))
             .await
         {
-            Outcome::Permanent(reason) => assert_eq!(reason.kind, "conflict"),
+            Outcome::Permanent(reason) => assert_eq!(reason.kind, kind::CONFLICT),
             other => panic!("expected a conflict, got {other:?}"),
         }
         let rows = handler.store.rows.lock().unwrap();
@@ -257,12 +258,12 @@ mod tests {
     async fn malformed_messages_are_permanent_without_a_write() {
         let handler = PaymentsHandler::new(FakeStore::default());
         for (id, body, kind) in [
-            (None, BODY, "missing-attribute"),
-            (Some("p-1"), "{not json", "invalid-json"),
+            (None, BODY, kind::MISSING_ATTRIBUTE),
+            (Some("p-1"), "{not json", kind::INVALID_JSON),
             (
                 Some("p-1"),
                 r#"{"userId":"u","amount":-1,"currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
         ] {
             match handler.handle(&message(id, body)).await {

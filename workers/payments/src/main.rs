@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
     fleet::worker::run(
         env!("CARGO_PKG_NAME"),
         config.worker,
-        |sdk, metrics| async move {
+        |fleet::worker::Setup { sdk, metrics, .. }| async move {
             let dynamodb = fleet::dynamodb::client(&sdk);
             PaymentsHandler::new(DynamoStore::new(dynamodb, table, &metrics))
         },

@@ -5,6 +5,7 @@
 //! Gateway mapping template.
 
 use fleet::json::Decimal;
+use fleet::kind;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -78,8 +79,8 @@ impl InvalidPayment {
     /// The stable kind recorded on the dead-lettered message.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Body(_) => "invalid-json",
-            Self::Field { .. } => "invalid-payment",
+            Self::Body(_) => kind::INVALID_JSON,
+            Self::Field { .. } => kind::INVALID_MESSAGE,
         }
     }
 }
@@ -213,52 +214,56 @@ mod tests {
     #[test]
     fn rejects_each_rule() {
         let cases = [
-            ("p-1", "not json", "invalid-json"),
+            ("p-1", "not json", kind::INVALID_JSON),
             (
                 "p-1",
                 r#"{"userId":"u","amount":1,"currency":"EUR","extra":1}"#,
-                "invalid-json",
+                kind::INVALID_JSON,
             ),
-            ("p-1", r#"{"amount":1,"currency":"EUR"}"#, "invalid-json"),
+            (
+                "p-1",
+                r#"{"amount":1,"currency":"EUR"}"#,
+                kind::INVALID_JSON,
+            ),
             (
                 "p-1",
                 r#"{"userId":"u","amount":"1","currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
             (
                 "p-1",
                 r#"{"userId":"u","amount":0,"currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
             (
                 "p-1",
                 r#"{"userId":"u","amount":-5,"currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
             (
                 "p-1",
                 r#"{"userId":"u","amount":1e10,"currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
             (
                 "p-1",
                 r#"{"userId":"u","amount":2000000000,"currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
             (
                 "p-1",
                 r#"{"userId":"u","amount":1,"currency":"eur"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
             (
                 "p-1",
                 r#"{"userId":"","amount":1,"currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
             (
                 "bad id!",
                 r#"{"userId":"u","amount":1,"currency":"EUR"}"#,
-                "invalid-payment",
+                kind::INVALID_MESSAGE,
             ),
         ];
         for (id, body, kind) in cases {
@@ -282,7 +287,7 @@ mod tests {
         assert_eq!(Payment::parse("p-1", BODY).unwrap().key(), "-#p-1");
         for bad in ["", "a#b"] {
             let err = Payment::parse_owned(bad, "p-1", BODY).unwrap_err();
-            assert_eq!(err.kind(), "invalid-payment", "{bad:?}");
+            assert_eq!(err.kind(), kind::INVALID_MESSAGE, "{bad:?}");
         }
     }
 

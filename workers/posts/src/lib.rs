@@ -15,7 +15,13 @@
 //! expired posts (sweep; in AWS also TTL → stream → Pipes) ─► posts-archive ─► archive-worker
 //!        └─► posts-archive table, removed from posts, exactly once
 //! ```
+//!
+//! Each binary's module holds its `Config` and its handler, generic over narrow traits of what
+//! it touches (the tables in the module's `store`, the approval service's queues in
+//! [`approval_queues`]) so that it is tested over fakes; the binaries only wire the AWS
+//! implementations in.
 
+pub mod approval_queues;
 pub mod approvals;
 pub mod archive;
 pub mod intake;

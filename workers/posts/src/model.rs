@@ -17,6 +17,11 @@ pub const APPROVED: &str = "APPROVED";
 /// A decision that deletes the post.
 pub const REJECTED: &str = "REJECTED";
 
+/// Retry kind (a label on the retry metric and the log, not a dead-letter kind): a DynamoDB
+/// transaction was cancelled for a reason other than its conditions (a conflict with another
+/// transaction, throttling), so trying again may succeed.
+pub const TRANSACTION_CANCELLED: &str = "transaction-cancelled";
+
 /// Message attribute set by the gateway: the post's id.
 pub const ATTR_POST_ID: &str = "postId";
 /// Message attribute set by the gateway: when it received the post, ms since the epoch.

@@ -2,13 +2,46 @@
 //! responses queue after a delay, by a policy (rules). It runs on the local stack, in the tests
 //! and, unless Terraform's `approval_service = "external"` plugs a real approval service in
 //! its place, in every deployed environment (docs/deploy.md).
+//!
+//! The handler is generic over where the answers go ([`ApprovalResponses`]).
 
 use std::str::FromStr;
 use std::sync::Mutex;
 
-use fleet::{classify, Handler, Message, Outcome};
+use clap::Parser;
+use fleet::worker::WorkerArgs;
+use fleet::{kind, Handler, Message, Outcome};
 
+use crate::approval_queues::ApprovalResponses;
 use crate::model::{ApprovalRequest, ApprovalResponse, APPROVED, REJECTED};
+
+/// Command line and environment of `approval-simulator`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "approval-simulator",
+    version,
+    about = "The built-in approver: answers approval requests by a policy, like an approval service"
+)]
+pub struct Config {
+    /// Where the answers go.
+    #[arg(long, env = "APPROVAL_RESPONSES_QUEUE_URL", value_name = "URL")]
+    pub responses_queue_url: String,
+    /// `approve-all`, `reject-words:W1,W2` or `random:SEED[:RATIO]`.
+    #[arg(
+        long,
+        env = "APPROVAL_POLICY",
+        default_value = "reject-words:spam,scam"
+    )]
+    pub policy: Policy,
+    /// Seconds before an answer is visible (0-900; Terraform sets approval_delay_secs, 0 by
+    /// default).
+    #[arg(long, env = "APPROVAL_DELAY_SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(i32).range(0..=900))]
+    pub delay_secs: i32,
+    /// What every worker has: the engine, logs, threads.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
 
 /// How the simulator decides.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,31 +96,24 @@ impl FromStr for Policy {
     }
 }
 
-/// The simulator's handler.
+/// The simulator's handler, answering through any [`ApprovalResponses`].
 #[derive(Debug)]
-pub struct Simulator {
-    sqs: aws_sdk_sqs::Client,
-    responses_queue_url: String,
+pub struct Simulator<R> {
+    responses: R,
     policy: Policy,
     delay_secs: i32,
     rng: Mutex<fastrand::Rng>,
 }
 
-impl Simulator {
-    /// Answers on `responses_queue_url`, `delay_secs` (0..=900) after each request.
-    pub fn new(
-        sqs: aws_sdk_sqs::Client,
-        responses_queue_url: String,
-        policy: Policy,
-        delay_secs: i32,
-    ) -> Self {
+impl<R: ApprovalResponses> Simulator<R> {
+    /// Answers on `responses`, `delay_secs` (0..=900) after each request.
+    pub fn new(responses: R, policy: Policy, delay_secs: i32) -> Self {
         let seed = match policy {
             Policy::Random { seed, .. } => seed,
             _ => 0,
         };
         Self {
-            sqs,
-            responses_queue_url,
+            responses,
             policy,
             delay_secs,
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
@@ -116,11 +142,11 @@ impl Simulator {
     }
 }
 
-impl Handler for Simulator {
+impl<R: ApprovalResponses> Handler for Simulator<R> {
     async fn handle(&self, message: &Message) -> Outcome {
         let request: ApprovalRequest = match serde_json::from_str(&message.body) {
             Ok(r) => r,
-            Err(e) => return Outcome::permanent("invalid-request", e.to_string()),
+            Err(e) => return Outcome::permanent(kind::INVALID_MESSAGE, e.to_string()),
         };
         let (decision, reason) = self.decide(&request);
         let response = ApprovalResponse {
@@ -128,25 +154,39 @@ impl Handler for Simulator {
             decision: decision.to_owned(),
             reason,
         };
-        let sent = self
-            .sqs
-            .send_message()
-            .queue_url(&self.responses_queue_url)
-            .delay_seconds(self.delay_secs)
-            .message_body(serde_json::to_string(&response).expect("a response serialises"))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Outcome::Done,
-            Err(err) => classify(&err).into_outcome(),
+        match self.responses.send(&response, self.delay_secs).await {
+            Ok(()) => Outcome::Done,
+            Err(err) => err.into_outcome(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use fleet::{AwsError, ErrorClass};
+
     use super::*;
     use crate::model::PostRequest;
+
+    /// The responses queue in memory: what was sent, with its delay.
+    #[derive(Default)]
+    struct FakeResponses {
+        sent: Mutex<Vec<(ApprovalResponse, i32)>>,
+        fail: Mutex<Option<AwsError>>,
+    }
+
+    impl ApprovalResponses for FakeResponses {
+        async fn send(&self, response: &ApprovalResponse, delay_secs: i32) -> Result<(), AwsError> {
+            if let Some(err) = self.fail.lock().unwrap().clone() {
+                return Err(err);
+            }
+            self.sent
+                .lock()
+                .unwrap()
+                .push((response.clone(), delay_secs));
+            Ok(())
+        }
+    }
 
     fn request(title: &str) -> ApprovalRequest {
         ApprovalRequest {
@@ -159,16 +199,8 @@ mod tests {
         }
     }
 
-    fn simulator(policy: &str) -> Simulator {
-        let config = aws_sdk_sqs::Config::builder()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .build();
-        Simulator::new(
-            aws_sdk_sqs::Client::from_conf(config),
-            "q".into(),
-            policy.parse().unwrap(),
-            0,
-        )
+    fn simulator(policy: &str) -> Simulator<FakeResponses> {
+        Simulator::new(FakeResponses::default(), policy.parse().unwrap(), 0)
     }
 
     #[test]
@@ -206,5 +238,58 @@ mod tests {
             decisions("random:42").contains(&APPROVED)
                 && decisions("random:42").contains(&REJECTED)
         );
+    }
+
+    fn message(body: &str) -> Message {
+        Message {
+            body: body.into(),
+            ..Message::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_is_answered_by_the_policy_after_the_delay() {
+        let s = Simulator::new(
+            FakeResponses::default(),
+            "reject-words:spam".parse().unwrap(),
+            7,
+        );
+        let spam = r#"{"post_id":"p-1","title":"Spam","body":"b","author":"a"}"#;
+        let fine = r#"{"post_id":"p-2","title":"Hi","body":"b","author":"a"}"#;
+        assert_eq!(s.handle(&message(spam)).await, Outcome::Done);
+        assert_eq!(s.handle(&message(fine)).await, Outcome::Done);
+        let sent = s.responses.sent.lock().unwrap().clone();
+        let answer = |post_id: &str, decision: &str, reason: Option<&str>| ApprovalResponse {
+            post_id: post_id.into(),
+            decision: decision.into(),
+            reason: reason.map(str::to_owned),
+        };
+        assert_eq!(
+            sent,
+            [
+                (answer("p-1", REJECTED, Some("contains \"spam\"")), 7),
+                (answer("p-2", APPROVED, None), 7),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_request_is_permanent_and_a_send_failure_retried() {
+        let s = simulator("approve-all");
+        match s.handle(&message(r#"{"post_id":"p-1"}"#)).await {
+            Outcome::Permanent(reason) => assert_eq!(reason.kind, kind::INVALID_MESSAGE),
+            other => panic!("expected permanent, got {other:?}"),
+        }
+        *s.responses.fail.lock().unwrap() = Some(AwsError {
+            class: ErrorClass::Retryable,
+            code: "timeout".into(),
+            message: "no answer".into(),
+        });
+        let request = r#"{"post_id":"p-1","title":"t","body":"b","author":"a"}"#;
+        assert_eq!(
+            s.handle(&message(request)).await,
+            Outcome::unavailable("timeout", "no answer")
+        );
+        assert!(s.responses.sent.lock().unwrap().is_empty());
     }
 }

@@ -1,5 +1,6 @@
-//! The EC2 calls of VPC provisioning, rate-limited (one `governor` limiter shared by every task
-//! of the process) and counted. Every resource is created with its tags in the same call
+//! The EC2 calls of VPC provisioning: the narrow [`Ec2Api`] the handler needs, and [`Ec2`], its
+//! implementation on EC2, rate-limited (one `governor` limiter shared by every task of the
+//! process) and counted (also the cleanup of `fleetctl vpc cleanup`). Every resource is created with its tags in the same call
 //! (`TagSpecifications`), so a resource whose id was never checkpointed, or whose create
 //! answer was lost, can be found again by its tags instead of being created twice.
 //!
@@ -20,6 +21,7 @@
 //! the look-ups of a request's own resources ask for both tags ([`Tagged`]): a request made
 //! anew never takes the VPC of the one before for its own, nor deletes it.
 
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -55,6 +57,67 @@ const THROTTLED: &[&str] = &[
 /// A throttled or refused call (4xx) did nothing.
 pub fn may_have_happened(err: &AwsError) -> bool {
     err.is_retryable() && !THROTTLED.contains(&err.code.as_str())
+}
+
+/// The EC2 calls the handler makes: the narrow trait [`crate::VpcHandler`] is generic over.
+/// [`Ec2`] makes them on EC2 (rate-limited, counted); every resource is created with its tags
+/// ([`Tagged`]), so that it can be found again by them.
+pub trait Ec2Api: Send + Sync + 'static {
+    /// The region's availability zones (names).
+    fn availability_zones(&self) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+
+    /// Creates the VPC of a request, tagged `Name` = `name`: one attempt, never retried (see
+    /// the module documentation); after an error that [`may_have_happened`], the VPC may
+    /// exist: look it up with [`Self::vpcs_of_request`].
+    fn create_vpc(
+        &self,
+        who: Tagged<'_>,
+        cidr: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+
+    /// Creates a subnet of a request in `vpc_id` (a retry after a lost answer fails with
+    /// [`SUBNET_CONFLICT`]; the subnet is then found by [`Self::subnet_of`]).
+    fn create_subnet(
+        &self,
+        who: Tagged<'_>,
+        vpc_id: &str,
+        cidr: &str,
+        az: &str,
+        name: Option<&str>,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+
+    /// The VPCs of one request: tagged with its id and its incarnation (normally none or one).
+    fn vpcs_of_request(
+        &self,
+        who: Tagged<'_>,
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+
+    /// The subnet of `vpc_id` with exactly `cidr` and tagged as the request's (id and
+    /// incarnation), if there is one: created by an earlier attempt or delivery.
+    fn subnet_of(
+        &self,
+        who: Tagged<'_>,
+        vpc_id: &str,
+        cidr: &str,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+
+    /// Deletes the VPCs `vpc_ids` with every subnet in them, subnets first; one already gone is
+    /// fine.
+    fn delete_vpcs(&self, vpc_ids: &[String]) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// An EC2 client from the shared AWS configuration (`fleet::worker::Setup::sdk`), with
+/// keep-alive on plain HTTP (LocalStack).
+pub fn client<'a, C: ?Sized>(sdk: &'a C) -> aws_sdk_ec2::Client
+where
+    aws_sdk_ec2::config::Builder: From<&'a C>,
+{
+    aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(sdk)
+            .interceptor(fleet::aws::KeepAliveOnPlainHttp)
+            .build(),
+    )
 }
 
 /// EC2 with a rate limit and a call counter.
@@ -136,92 +199,6 @@ impl Ec2 {
         spec.build()
     }
 
-    /// The region's availability zones (names).
-    ///
-    /// # Errors
-    /// The classified EC2 error.
-    pub async fn availability_zones(&self) -> Result<Vec<String>, AwsError> {
-        self.turn().await;
-        let out = self
-            .client
-            .describe_availability_zones()
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(out
-            .availability_zones()
-            .iter()
-            .filter_map(|z| z.zone_name().map(str::to_owned))
-            .collect())
-    }
-
-    /// Creates the VPC of a request, tagged `Name` = `name`: one attempt, never retried by the
-    /// SDK (see the module documentation); after an error that [`may_have_happened`], the VPC
-    /// may exist: look it up with [`Self::vpcs_of_request`].
-    ///
-    /// # Errors
-    /// The classified EC2 error.
-    pub async fn create_vpc(
-        &self,
-        who: Tagged<'_>,
-        cidr: &str,
-        name: &str,
-    ) -> Result<String, AwsError> {
-        self.turn().await;
-        let out = self
-            .client
-            .create_vpc()
-            .cidr_block(cidr)
-            .tag_specifications(self.tags(ResourceType::Vpc, who, &[("Name", name)]))
-            .customize()
-            .config_override(
-                aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()),
-            )
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(out
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .unwrap_or_default()
-            .to_owned())
-    }
-
-    /// Creates a subnet of a request in `vpc_id` (retried by the SDK: a retry after a lost
-    /// answer fails with [`SUBNET_CONFLICT`]; the subnet is then found by [`Self::subnet_of`]).
-    ///
-    /// # Errors
-    /// The classified EC2 error.
-    pub async fn create_subnet(
-        &self,
-        who: Tagged<'_>,
-        vpc_id: &str,
-        cidr: &str,
-        az: &str,
-        name: Option<&str>,
-    ) -> Result<String, AwsError> {
-        let mut extra = vec![("Name", name.unwrap_or(who.request_id))];
-        if let Some(name) = name {
-            extra.push(("SubnetName", name));
-        }
-        self.turn().await;
-        let out = self
-            .client
-            .create_subnet()
-            .vpc_id(vpc_id)
-            .cidr_block(cidr)
-            .availability_zone(az)
-            .tag_specifications(self.tags(ResourceType::Subnet, who, &extra))
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(out
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .unwrap_or_default()
-            .to_owned())
-    }
-
     /// The VPCs of this deployment (tag `Project`) tagged with `request_id`, of every request
     /// made under it (normally none or one; what `fleetctl vpc cleanup --request-id` deletes:
     /// another deployment in the account may use the same request id).
@@ -231,14 +208,6 @@ impl Ec2 {
     pub async fn vpcs_of(&self, request_id: &str) -> Result<Vec<String>, AwsError> {
         let by_id = vec![filter(&format!("tag:{REQUEST_ID_TAG}"), request_id)];
         self.find_vpcs(self.of_this_deployment(by_id)).await
-    }
-
-    /// The VPCs of one request: tagged with its id and its incarnation (normally none or one).
-    ///
-    /// # Errors
-    /// The classified EC2 error.
-    pub async fn vpcs_of_request(&self, who: Tagged<'_>) -> Result<Vec<String>, AwsError> {
-        self.find_vpcs(self.of_this_deployment(who.filters())).await
     }
 
     /// `filters` narrowed to this deployment's resources (tag `Project`): a request id is
@@ -271,23 +240,6 @@ impl Ec2 {
             .iter()
             .filter_map(|v| v.vpc_id().map(str::to_owned))
             .collect())
-    }
-
-    /// The subnet of `vpc_id` with exactly `cidr` and tagged as the request's (id and
-    /// incarnation), if there is one: created by an earlier attempt or delivery.
-    ///
-    /// # Errors
-    /// The classified EC2 error.
-    pub async fn subnet_of(
-        &self,
-        who: Tagged<'_>,
-        vpc_id: &str,
-        cidr: &str,
-    ) -> Result<Option<String>, AwsError> {
-        let mut filters = vec![filter("vpc-id", vpc_id), filter("cidr-block", cidr)];
-        filters.extend(who.filters());
-        let found = self.find_subnets(self.of_this_deployment(filters)).await?;
-        Ok(found.into_iter().next())
     }
 
     /// The subnets inside `vpc_id`.
@@ -371,6 +323,123 @@ impl Ec2 {
             removed.push(("vpc", vpc_id.clone()));
         }
         Ok(removed)
+    }
+}
+
+impl Ec2Api for Ec2 {
+    /// The region's availability zones (names).
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    async fn availability_zones(&self) -> Result<Vec<String>, AwsError> {
+        self.turn().await;
+        let out = self
+            .client
+            .describe_availability_zones()
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .availability_zones()
+            .iter()
+            .filter_map(|z| z.zone_name().map(str::to_owned))
+            .collect())
+    }
+
+    /// Creates the VPC of a request, tagged `Name` = `name`: one attempt, never retried by the
+    /// SDK (see the module documentation); after an error that [`may_have_happened`], the VPC
+    /// may exist: look it up with [`Ec2Api::vpcs_of_request`].
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    async fn create_vpc(
+        &self,
+        who: Tagged<'_>,
+        cidr: &str,
+        name: &str,
+    ) -> Result<String, AwsError> {
+        self.turn().await;
+        let out = self
+            .client
+            .create_vpc()
+            .cidr_block(cidr)
+            .tag_specifications(self.tags(ResourceType::Vpc, who, &[("Name", name)]))
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Creates a subnet of a request in `vpc_id` (retried by the SDK: a retry after a lost
+    /// answer fails with [`SUBNET_CONFLICT`]; the subnet is then found by [`Ec2Api::subnet_of`]).
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    async fn create_subnet(
+        &self,
+        who: Tagged<'_>,
+        vpc_id: &str,
+        cidr: &str,
+        az: &str,
+        name: Option<&str>,
+    ) -> Result<String, AwsError> {
+        let mut extra = vec![("Name", name.unwrap_or(who.request_id))];
+        if let Some(name) = name {
+            extra.push(("SubnetName", name));
+        }
+        self.turn().await;
+        let out = self
+            .client
+            .create_subnet()
+            .vpc_id(vpc_id)
+            .cidr_block(cidr)
+            .availability_zone(az)
+            .tag_specifications(self.tags(ResourceType::Subnet, who, &extra))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// The VPCs of one request: tagged with its id and its incarnation (normally none or one).
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    async fn vpcs_of_request(&self, who: Tagged<'_>) -> Result<Vec<String>, AwsError> {
+        self.find_vpcs(self.of_this_deployment(who.filters())).await
+    }
+
+    /// The subnet of `vpc_id` with exactly `cidr` and tagged as the request's (id and
+    /// incarnation), if there is one: created by an earlier attempt or delivery.
+    ///
+    /// # Errors
+    /// The classified EC2 error.
+    async fn subnet_of(
+        &self,
+        who: Tagged<'_>,
+        vpc_id: &str,
+        cidr: &str,
+    ) -> Result<Option<String>, AwsError> {
+        let mut filters = vec![filter("vpc-id", vpc_id), filter("cidr-block", cidr)];
+        filters.extend(who.filters());
+        let found = self.find_subnets(self.of_this_deployment(filters)).await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn delete_vpcs(&self, vpc_ids: &[String]) -> Result<(), AwsError> {
+        self.remove_vpcs(vpc_ids, false).await.map(drop)
     }
 }
 

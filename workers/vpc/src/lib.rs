@@ -31,6 +31,10 @@
 //!    not found) is retried through the queue's backoff; a permanent EC2 error
 //!    (`VpcLimitExceeded`, a conflict that is not ours, invalid parameters) removes what the
 //!    request created (subnets first) and records `FAILED` with the reason.
+//!
+//! The handler ([`VpcHandler`]) sees the request records through [`store::RequestStore`]
+//! (DynamoDB: [`store::Store`]) and EC2 through [`ec2::Ec2Api`] ([`ec2::Ec2`]); its unit tests
+//! run it over fakes of both.
 
 pub mod ec2;
 pub mod request;
@@ -41,15 +45,26 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use clap::Parser;
+use fleet::kind;
 use fleet::util::sha256_hex;
 use fleet::worker::WorkerArgs;
 use fleet::{AwsError, Handler, Message, Metrics, Outcome};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use crate::ec2::{may_have_happened, Ec2, Tagged, SUBNET_CONFLICT};
+use crate::ec2::{may_have_happened, Ec2Api, Tagged, SUBNET_CONFLICT};
 use crate::request::{SubnetSpec, VpcRequest};
-use crate::store::{status, Claim, Inserted, Origin, Record, Store, StoreError};
+use crate::store::{status, Claim, Inserted, Origin, Record, RequestStore, StoreError};
+
+/// Retry kind: another delivery took the request over (this one's lease was lost).
+pub const LEASE_LOST: &str = "lease-lost";
+/// Retry kind: another delivery holds the lease on the request (or on the expired request
+/// under its id).
+pub const REQUEST_BUSY: &str = "request-busy";
+/// Retry kind: the request expired meanwhile and another one was made under its id.
+pub const REQUEST_REPLACED: &str = "request-replaced";
+/// Retry kind: after a permanent EC2 error, removing what the request created failed.
+pub const CLEANUP_FAILED: &str = "cleanup-failed";
 
 /// Look-ups of a subnet after an ambiguous CreateSubnet failure, and the pause between them.
 const SUBNET_LOOKUPS: u32 = 3;
@@ -87,20 +102,28 @@ pub struct Config {
     pub worker: WorkerArgs,
 }
 
-/// The handler.
+impl Config {
+    /// How long a delivery's claim on a request lasts past its last renewal.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_secs)
+    }
+}
+
+/// The handler, over any request store and EC2 ([`store::Store`] and [`ec2::Ec2`] in the
+/// worker).
 #[derive(Debug)]
-pub struct VpcHandler {
-    ec2: Ec2,
-    store: Store,
+pub struct VpcHandler<S, E> {
+    ec2: E,
+    store: S,
     zones: OnceCell<Vec<String>>,
     crash_after: Option<String>,
     succeeded: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
 }
 
-impl VpcHandler {
-    /// A handler counting `requests_succeeded` and `requests_failed` (and `ec2_calls`).
-    pub fn new(ec2: Ec2, store: Store, crash_after: Option<String>, metrics: &Metrics) -> Self {
+impl<S: RequestStore, E: Ec2Api> VpcHandler<S, E> {
+    /// A handler counting `requests_succeeded` and `requests_failed`.
+    pub fn new(ec2: E, store: S, crash_after: Option<String>, metrics: &Metrics) -> Self {
         Self {
             ec2,
             store,
@@ -269,7 +292,7 @@ impl VpcHandler {
                 Outcome::Done
             }
             Err(StoreError::LeaseLost) => {
-                Outcome::retry("lease-lost", "another delivery took the request over")
+                Outcome::retry(LEASE_LOST, "another delivery took the request over")
             }
             Err(StoreError::Aws(e)) if e.is_retryable() => {
                 self.store.release(request_id, me).await;
@@ -281,7 +304,7 @@ impl VpcHandler {
                 if let Err(cleanup) = self.remove(who).await {
                     self.store.release(request_id, me).await;
                     return Outcome::retry(
-                        "cleanup-failed",
+                        CLEANUP_FAILED,
                         format!("after {reason}, the cleanup failed: {cleanup}"),
                     );
                 }
@@ -294,7 +317,7 @@ impl VpcHandler {
     /// the VPC.
     async fn remove(&self, who: Tagged<'_>) -> Result<(), AwsError> {
         let vpcs = self.ec2.vpcs_of_request(who).await?;
-        self.ec2.remove_vpcs(&vpcs, false).await.map(drop)
+        self.ec2.delete_vpcs(&vpcs).await
     }
 
     async fn fail(&self, request_id: &str, owner: Option<&str>, reason: &str) -> Outcome {
@@ -305,14 +328,14 @@ impl VpcHandler {
                 Outcome::Done
             }
             Err(StoreError::LeaseLost) => {
-                Outcome::retry("lease-lost", "another delivery took the request over")
+                Outcome::retry(LEASE_LOST, "another delivery took the request over")
             }
             Err(StoreError::Aws(e)) => e.into_outcome(),
         }
     }
 }
 
-impl Handler for VpcHandler {
+impl<S: RequestStore, E: Ec2Api> Handler for VpcHandler<S, E> {
     async fn handle(&self, message: &Message) -> Outcome {
         // The caller: the gateway's owner id (its one definition: the JWT's sub with Cognito,
         // else the API key id; docs/security.md), or, for a message queued before the gateway
@@ -320,13 +343,15 @@ impl Handler for VpcHandler {
         let envelope = message.envelope();
         let (Some(request_id), Some(client)) = (envelope.request_id, envelope.owner) else {
             return Outcome::permanent(
-                "invalid-message",
+                kind::INVALID_MESSAGE,
                 "requestId and ownerId (or apiKeyId) attributes are required (the gateway sets them)",
             );
         };
         let request: VpcRequest = match fleet::json::from_body(&message.body) {
             Ok(r) => r,
-            Err(e) => return Outcome::permanent("invalid-body", format!("not a VPC request: {e}")),
+            Err(e) => {
+                return Outcome::permanent(kind::INVALID_MESSAGE, format!("not a VPC request: {e}"))
+            }
         };
         let hash = sha256_hex(request.canonical().as_bytes());
         let origin = Origin {
@@ -342,7 +367,7 @@ impl Handler for VpcHandler {
             Ok(Inserted::Record(record)) => record,
             Ok(Inserted::ExpiredBusy) => {
                 return Outcome::retry(
-                    "request-busy",
+                    REQUEST_BUSY,
                     "the expired request under this id is still worked on; the new one waits",
                 )
             }
@@ -365,10 +390,9 @@ impl Handler for VpcHandler {
                 "the Idempotency-Key of request {request_id} was reused with another body; the request stands as first sent"
             );
             return match self.store.conflict(request_id, &origin, &reason).await {
-                Ok(id) => Outcome::permanent(
-                    "idempotency-conflict",
-                    format!("{reason} (recorded as {id})"),
-                ),
+                Ok(id) => {
+                    Outcome::permanent(kind::CONFLICT, format!("{reason} (recorded as {id})"))
+                }
                 Err(e) => e.into_outcome(),
             };
         }
@@ -393,15 +417,12 @@ impl Handler for VpcHandler {
             Ok(Claim::Finished) => return Outcome::Duplicate,
             Ok(Claim::Replaced) => {
                 return Outcome::retry(
-                    "request-replaced",
+                    REQUEST_REPLACED,
                     "the request expired meanwhile; another one was made under its id",
                 )
             }
             Ok(Claim::Busy) => {
-                return Outcome::retry(
-                    "request-busy",
-                    "another delivery is working on this request",
-                )
+                return Outcome::retry(REQUEST_BUSY, "another delivery is working on this request")
             }
             Err(e) => return e.into_outcome(),
         };
@@ -410,7 +431,533 @@ impl Handler for VpcHandler {
             biased;
             outcome = self.work(request_id, &request, &me, &before) => outcome,
             // The lease is gone (or about to be): stop the work before its next create.
-            lost = self.store.hold(request_id, &me) => Outcome::retry("lease-lost", lost),
+            lost = store::hold(&self.store, request_id, &me) => Outcome::retry(LEASE_LOST, lost),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use fleet::dlq::string;
+    use fleet::gateway::{ATTR_OWNER_ID, ATTR_REQUEST_ID};
+    use fleet::util::now_ms;
+    use fleet::ErrorClass;
+
+    use super::*;
+
+    /// A request record as the fake keeps it.
+    #[derive(Debug, Clone, Default)]
+    struct Row {
+        record: Record,
+        lease_owner: Option<String>,
+        reason: Option<String>,
+    }
+
+    /// The request records in memory, with an injected failure and a thief that takes the
+    /// lease over at the VPC's checkpoint.
+    #[derive(Default)]
+    struct FakeStore {
+        rows: Mutex<HashMap<String, Row>>,
+        conflicts: Mutex<Vec<String>>,
+        checkpoints: Mutex<Vec<String>>,
+        fail: Mutex<Option<AwsError>>,
+        thief: Mutex<Option<&'static str>>,
+    }
+
+    impl FakeStore {
+        fn row(&self, request_id: &str) -> Row {
+            self.rows.lock().unwrap()[request_id].clone()
+        }
+
+        fn failure(&self) -> Result<(), AwsError> {
+            self.fail.lock().unwrap().clone().map_or(Ok(()), Err)
+        }
+
+        /// Runs `change` on the row while `owner` holds its lease.
+        fn owned(
+            &self,
+            request_id: &str,
+            owner: &str,
+            change: impl FnOnce(&mut Row),
+        ) -> Result<(), StoreError> {
+            self.failure()?;
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.get_mut(request_id).expect("recorded");
+            if row.lease_owner.as_deref() != Some(owner) {
+                return Err(StoreError::LeaseLost);
+            }
+            change(row);
+            Ok(())
+        }
+    }
+
+    impl RequestStore for FakeStore {
+        async fn insert(
+            &self,
+            request_id: &str,
+            request: &VpcRequest,
+            body_sha256: &str,
+            origin: &Origin<'_>,
+        ) -> Result<Inserted, AwsError> {
+            self.failure()?;
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.entry(request_id.to_owned()).or_insert_with(|| Row {
+                record: Record {
+                    status: status::QUEUED.into(),
+                    body_sha256: body_sha256.into(),
+                    vpc_id: None,
+                    subnet_ids: vec![None; request.subnets.len()],
+                    expires_at: Some(store::expires_at(origin.received_at_ms)),
+                    incarnation: Some(origin.message_id.to_owned()),
+                },
+                ..Row::default()
+            });
+            Ok(Inserted::Record(row.record.clone()))
+        }
+
+        async fn conflict(
+            &self,
+            request_id: &str,
+            origin: &Origin<'_>,
+            reason: &str,
+        ) -> Result<String, AwsError> {
+            self.failure()?;
+            let id = format!("{request_id}.conflict.{}", origin.message_id);
+            self.conflicts
+                .lock()
+                .unwrap()
+                .push(format!("{id}: {reason}"));
+            Ok(id)
+        }
+
+        async fn claim(
+            &self,
+            request_id: &str,
+            owner: &str,
+            body_sha256: &str,
+        ) -> Result<Claim, AwsError> {
+            self.failure()?;
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.get_mut(request_id).expect("recorded");
+            if row.record.body_sha256 != body_sha256 {
+                return Ok(Claim::Replaced);
+            }
+            if row.record.finished() {
+                return Ok(Claim::Finished);
+            }
+            if row.lease_owner.as_deref().is_some_and(|o| o != owner) {
+                return Ok(Claim::Busy);
+            }
+            let before = row.record.clone();
+            row.record.status = status::IN_PROGRESS.into();
+            row.lease_owner = Some(owner.to_owned());
+            Ok(Claim::Owned(before))
+        }
+
+        fn lease(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+
+        async fn renew(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
+            self.owned(request_id, owner, |_| {})
+        }
+
+        async fn vpc_created(
+            &self,
+            request_id: &str,
+            owner: &str,
+            vpc_id: &str,
+        ) -> Result<(), StoreError> {
+            if let Some(thief) = *self.thief.lock().unwrap() {
+                let mut rows = self.rows.lock().unwrap();
+                rows.get_mut(request_id).expect("recorded").lease_owner = Some(thief.into());
+            }
+            self.owned(request_id, owner, |row| {
+                row.record.vpc_id = Some(vpc_id.to_owned());
+            })?;
+            self.checkpoints
+                .lock()
+                .unwrap()
+                .push(format!("vpc {vpc_id}"));
+            Ok(())
+        }
+
+        async fn subnet_created(
+            &self,
+            request_id: &str,
+            owner: &str,
+            index: usize,
+            subnet_id: &str,
+        ) -> Result<(), StoreError> {
+            self.owned(request_id, owner, |row| {
+                row.record.subnet_ids[index] = Some(subnet_id.to_owned());
+            })?;
+            self.checkpoints
+                .lock()
+                .unwrap()
+                .push(format!("subnet {index} {subnet_id}"));
+            Ok(())
+        }
+
+        async fn succeeded(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
+            self.owned(request_id, owner, |row| {
+                row.record.status = status::SUCCEEDED.into();
+                row.lease_owner = None;
+            })
+        }
+
+        async fn failed(
+            &self,
+            request_id: &str,
+            owner: Option<&str>,
+            reason: &str,
+        ) -> Result<(), StoreError> {
+            self.failure()?;
+            let mut rows = self.rows.lock().unwrap();
+            let row = rows.get_mut(request_id).expect("recorded");
+            let allowed = match owner {
+                Some(me) => row.lease_owner.as_deref() == Some(me),
+                None => row.record.status == status::QUEUED,
+            };
+            if !allowed {
+                return Err(StoreError::LeaseLost);
+            }
+            row.record.status = status::FAILED.into();
+            row.reason = Some(reason.to_owned());
+            row.lease_owner = None;
+            Ok(())
+        }
+
+        async fn release(&self, request_id: &str, owner: &str) {
+            let mut rows = self.rows.lock().unwrap();
+            if let Some(row) = rows.get_mut(request_id) {
+                if row.lease_owner.as_deref() == Some(owner) {
+                    row.lease_owner = None;
+                }
+            }
+        }
+    }
+
+    /// A resource as the fake keeps it: id, VPC (subnets), CIDR, request id, incarnation.
+    type Resource = (String, String, String, String, Option<String>);
+
+    /// EC2 in memory: two zones, tagged VPCs and subnets, a failure for the next
+    /// `CreateSubnet`.
+    #[derive(Default)]
+    struct FakeEc2 {
+        vpcs: Mutex<Vec<Resource>>,
+        subnets: Mutex<Vec<Resource>>,
+        vpc_creates: Mutex<u32>,
+        subnet_creates: Mutex<u32>,
+        fail_subnet: Mutex<Option<AwsError>>,
+    }
+
+    fn ours(resource: &Resource, who: Tagged<'_>) -> bool {
+        resource.3 == who.request_id
+            && (who.incarnation.is_none() || resource.4.as_deref() == who.incarnation)
+    }
+
+    impl Ec2Api for FakeEc2 {
+        async fn availability_zones(&self) -> Result<Vec<String>, AwsError> {
+            Ok(vec!["us-east-1a".into(), "us-east-1b".into()])
+        }
+
+        async fn create_vpc(
+            &self,
+            who: Tagged<'_>,
+            cidr: &str,
+            _name: &str,
+        ) -> Result<String, AwsError> {
+            let mut creates = self.vpc_creates.lock().unwrap();
+            *creates += 1;
+            let id = format!("vpc-{creates}");
+            self.vpcs.lock().unwrap().push((
+                id.clone(),
+                String::new(),
+                cidr.into(),
+                who.request_id.into(),
+                who.incarnation.map(str::to_owned),
+            ));
+            Ok(id)
+        }
+
+        async fn create_subnet(
+            &self,
+            who: Tagged<'_>,
+            vpc_id: &str,
+            cidr: &str,
+            _az: &str,
+            _name: Option<&str>,
+        ) -> Result<String, AwsError> {
+            if let Some(err) = self.fail_subnet.lock().unwrap().take() {
+                return Err(err);
+            }
+            let mut creates = self.subnet_creates.lock().unwrap();
+            *creates += 1;
+            let id = format!("subnet-{creates}");
+            self.subnets.lock().unwrap().push((
+                id.clone(),
+                vpc_id.into(),
+                cidr.into(),
+                who.request_id.into(),
+                who.incarnation.map(str::to_owned),
+            ));
+            Ok(id)
+        }
+
+        async fn vpcs_of_request(&self, who: Tagged<'_>) -> Result<Vec<String>, AwsError> {
+            let vpcs = self.vpcs.lock().unwrap();
+            Ok(vpcs
+                .iter()
+                .filter(|v| ours(v, who))
+                .map(|v| v.0.clone())
+                .collect())
+        }
+
+        async fn subnet_of(
+            &self,
+            who: Tagged<'_>,
+            vpc_id: &str,
+            cidr: &str,
+        ) -> Result<Option<String>, AwsError> {
+            let subnets = self.subnets.lock().unwrap();
+            Ok(subnets
+                .iter()
+                .find(|s| s.1 == vpc_id && s.2 == cidr && ours(s, who))
+                .map(|s| s.0.clone()))
+        }
+
+        async fn delete_vpcs(&self, vpc_ids: &[String]) -> Result<(), AwsError> {
+            self.subnets
+                .lock()
+                .unwrap()
+                .retain(|s| !vpc_ids.contains(&s.1));
+            self.vpcs
+                .lock()
+                .unwrap()
+                .retain(|v| !vpc_ids.contains(&v.0));
+            Ok(())
+        }
+    }
+
+    type Tested = VpcHandler<FakeStore, FakeEc2>;
+
+    fn handler() -> Tested {
+        VpcHandler::new(
+            FakeEc2::default(),
+            FakeStore::default(),
+            None,
+            &Metrics::new(),
+        )
+    }
+
+    const REQUEST: &str = "owner-1-key-1";
+    const BODY: &str = r#"{"vpc":{"cidr":"10.0.0.0/16"},"subnets":[{"cidr":"10.0.1.0/24","az":"us-east-1a"},{"cidr":"10.0.2.0/24","az":"us-east-1b","name":"b"}]}"#;
+
+    /// Delivery `receive_count` of message `m-1` with the gateway's attributes.
+    fn delivery(body: &str, receive_count: u32) -> Message {
+        let attributes = HashMap::from([
+            (ATTR_REQUEST_ID.to_owned(), string(REQUEST)),
+            (ATTR_OWNER_ID.to_owned(), string("owner-1")),
+        ]);
+        Message {
+            message_id: "m-1".into(),
+            receipt_handle: format!("r-{receive_count}"),
+            body: body.into(),
+            receive_count,
+            sent_at_ms: Some(now_ms()),
+            attributes,
+            ..Message::default()
+        }
+    }
+
+    fn error(class: ErrorClass, code: &str) -> AwsError {
+        AwsError {
+            class,
+            code: code.into(),
+            message: "injected".into(),
+        }
+    }
+
+    fn kind_of(outcome: &Outcome) -> (&'static str, &str) {
+        match outcome {
+            Outcome::Retry(r) => ("retry", &r.kind),
+            Outcome::Permanent(r) => ("permanent", &r.kind),
+            other => (other.label(), ""),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_request_runs_to_succeeded_with_checkpoints() {
+        let handler = handler();
+        assert_eq!(handler.handle(&delivery(BODY, 1)).await, Outcome::Done);
+        let row = handler.store.row(REQUEST);
+        assert_eq!(row.record.status, status::SUCCEEDED);
+        assert_eq!(row.record.vpc_id.as_deref(), Some("vpc-1"));
+        assert_eq!(
+            row.record.subnet_ids,
+            [Some("subnet-1".to_owned()), Some("subnet-2".to_owned())]
+        );
+        assert_eq!(row.lease_owner, None, "the lease ends with the request");
+        assert_eq!(
+            *handler.store.checkpoints.lock().unwrap(),
+            ["vpc vpc-1", "subnet 0 subnet-1", "subnet 1 subnet-2"]
+        );
+        // Its redelivery: nothing more is created.
+        assert_eq!(handler.handle(&delivery(BODY, 2)).await, Outcome::Duplicate);
+        assert_eq!(*handler.ec2.vpc_creates.lock().unwrap(), 1);
+        assert_eq!(*handler.ec2.subnet_creates.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_after_a_checkpoint_resumes_without_creating_the_vpc_again() {
+        let handler = handler();
+        // The first delivery is throttled on its first subnet: a retry, the VPC checkpointed.
+        *handler.ec2.fail_subnet.lock().unwrap() =
+            Some(error(ErrorClass::Retryable, "RequestLimitExceeded"));
+        let first = handler.handle(&delivery(BODY, 1)).await;
+        assert_eq!(
+            first,
+            Outcome::unavailable("RequestLimitExceeded", "injected"),
+            "a transient EC2 error is a retry that blames EC2"
+        );
+        let row = handler.store.row(REQUEST);
+        assert_eq!(row.record.status, status::IN_PROGRESS);
+        assert_eq!(row.record.vpc_id.as_deref(), Some("vpc-1"));
+        assert_eq!(row.lease_owner, None, "the lease is given up for the retry");
+
+        assert_eq!(handler.handle(&delivery(BODY, 2)).await, Outcome::Done);
+        let row = handler.store.row(REQUEST);
+        assert_eq!(row.record.status, status::SUCCEEDED);
+        assert_eq!(row.record.vpc_id.as_deref(), Some("vpc-1"));
+        assert_eq!(*handler.ec2.vpc_creates.lock().unwrap(), 1, "one VPC");
+        assert_eq!(handler.ec2.vpcs.lock().unwrap().len(), 1);
+        assert_eq!(*handler.ec2.subnet_creates.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_same_idempotency_key_with_another_body_is_a_permanent_conflict() {
+        let handler = handler();
+        assert_eq!(handler.handle(&delivery(BODY, 1)).await, Outcome::Done);
+        let other = BODY.replace("10.0.2.0/24", "10.0.3.0/24");
+        let outcome = handler.handle(&delivery(&other, 1)).await;
+        assert_eq!(kind_of(&outcome), ("permanent", kind::CONFLICT));
+        assert_eq!(handler.store.conflicts.lock().unwrap().len(), 1);
+        let row = handler.store.row(REQUEST);
+        assert_eq!(row.record.status, status::SUCCEEDED, "the request stands");
+        assert_eq!(
+            row.record.subnet_ids[1].as_deref(),
+            Some("subnet-2"),
+            "as first sent"
+        );
+        assert_eq!(*handler.ec2.subnet_creates.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lease_held_by_another_delivery_is_a_retry() {
+        let handler = handler();
+        let request: VpcRequest = serde_json::from_str(BODY).unwrap();
+        let hash = sha256_hex(request.canonical().as_bytes());
+        let origin = Origin {
+            client: "owner-1",
+            received_at_ms: now_ms(),
+            message_id: "m-1",
+        };
+        let store = &handler.store;
+        store
+            .insert(REQUEST, &request, &hash, &origin)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.claim(REQUEST, "another", &hash).await,
+            Ok(Claim::Owned(_))
+        ));
+        let outcome = handler.handle(&delivery(BODY, 2)).await;
+        assert_eq!(kind_of(&outcome), ("retry", REQUEST_BUSY));
+        assert_eq!(*handler.ec2.vpc_creates.lock().unwrap(), 0);
+        assert_eq!(store.row(REQUEST).lease_owner.as_deref(), Some("another"));
+    }
+
+    #[tokio::test]
+    async fn a_lease_taken_over_during_the_work_is_a_lease_lost_retry() {
+        let handler = handler();
+        *handler.store.thief.lock().unwrap() = Some("another");
+        let outcome = handler.handle(&delivery(BODY, 1)).await;
+        assert_eq!(kind_of(&outcome), ("retry", LEASE_LOST));
+        assert_eq!(
+            *handler.ec2.subnet_creates.lock().unwrap(),
+            0,
+            "no create after the lease is lost"
+        );
+        let row = handler.store.row(REQUEST);
+        assert_eq!(row.record.status, status::IN_PROGRESS);
+        assert_eq!(row.lease_owner.as_deref(), Some("another"));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_message_is_permanent_without_a_record() {
+        let handler = handler();
+        for body in [
+            "{not json",
+            r#"{"vpc":{"cidr":"10.0.0.0/16"},"subnets":[],"extra":1}"#,
+            r#"{"vpc":{},"subnets":[]}"#,
+        ] {
+            let outcome = handler.handle(&delivery(body, 1)).await;
+            assert_eq!(
+                kind_of(&outcome),
+                ("permanent", kind::INVALID_MESSAGE),
+                "{body}"
+            );
+        }
+        let mut anonymous = delivery(BODY, 1);
+        anonymous.attributes.remove(ATTR_OWNER_ID);
+        let outcome = handler.handle(&anonymous).await;
+        assert_eq!(kind_of(&outcome), ("permanent", kind::INVALID_MESSAGE));
+        assert!(handler.store.rows.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_ec2_cannot_carry_out_fails_without_a_create() {
+        let handler = handler();
+        let outside = BODY.replace("10.0.2.0/24", "10.9.2.0/24");
+        assert_eq!(handler.handle(&delivery(&outside, 1)).await, Outcome::Done);
+        let row = handler.store.row(REQUEST);
+        assert_eq!(row.record.status, status::FAILED);
+        assert!(row.reason.unwrap().contains("not inside"));
+        assert_eq!(*handler.ec2.vpc_creates.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_ec2_error_removes_what_was_made_and_fails_the_request() {
+        let handler = handler();
+        *handler.ec2.fail_subnet.lock().unwrap() =
+            Some(error(ErrorClass::Permanent, "InvalidParameterValue"));
+        assert_eq!(handler.handle(&delivery(BODY, 1)).await, Outcome::Done);
+        let row = handler.store.row(REQUEST);
+        assert_eq!(row.record.status, status::FAILED);
+        assert!(row.reason.unwrap().starts_with("InvalidParameterValue"));
+        assert!(handler.ec2.vpcs.lock().unwrap().is_empty(), "VPC removed");
+    }
+
+    #[tokio::test]
+    async fn a_transient_dynamodb_error_is_a_retry() {
+        let handler = handler();
+        *handler.store.fail.lock().unwrap() = Some(error(
+            ErrorClass::Retryable,
+            "ProvisionedThroughputExceededException",
+        ));
+        let outcome = handler.handle(&delivery(BODY, 1)).await;
+        assert_eq!(
+            outcome,
+            Outcome::unavailable("ProvisionedThroughputExceededException", "injected")
+        );
+        assert_eq!(*handler.ec2.vpc_creates.lock().unwrap(), 0);
+        // Once DynamoDB answers again, the redelivery does the work.
+        *handler.store.fail.lock().unwrap() = None;
+        assert_eq!(handler.handle(&delivery(BODY, 2)).await, Outcome::Done);
     }
 }

@@ -1,5 +1,7 @@
 //! The request records in DynamoDB (`vpc-requests`, partition key `request_id`): status,
-//! checkpoints and the lease that lets one delivery at a time work on a request.
+//! checkpoints and the lease that lets one delivery at a time work on a request. The handler
+//! sees them through the narrow [`RequestStore`] trait; [`Store`] is its DynamoDB
+//! implementation.
 //!
 //! A record: `request_id`, `client` (the caller's owner id: the JWT's `sub` with Cognito, else
 //! the API key id; what `GET /vpcs/{request_id}` compares with the caller's), `owner` (= client;
@@ -12,7 +14,7 @@
 //! A request id (`<owner>-<Idempotency-Key>`) names its request for [`REQUEST_TTL`] from the
 //! gateway's receipt: `expires_at` (s since the epoch, the table's TTL attribute). From then
 //! on the request is gone for the API (`GET` answers 404, the list omits it) and a message
-//! received from then on is a new request under the same id: [`Store::insert`] replaces the
+//! received from then on is a new request under the same id: [`RequestStore::insert`] replaces the
 //! expired record, whether or not DynamoDB's TTL has deleted it yet (within about 48 h on AWS,
 //! never on LocalStack). It waits while a delivery still holds the expired record's lease. A
 //! message received before `expires_at` (a redelivery, a client's retry) still belongs to the
@@ -21,11 +23,12 @@
 //! the resources of the one before for its own.
 //!
 //! The lease lasts `lease` past its last renewal. A delivery renews it every third of the lease
-//! for as long as it works on the request ([`Store::hold`], beside the EC2 calls), not only at
+//! for as long as it works on the request ([`hold`], beside the EC2 calls), not only at
 //! checkpoints: one slow EC2 call does not let a duplicate delivery take the request over. Only
 //! a delivery that stopped (crashed, or hung without renewing) loses it, after `lease`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -182,7 +185,122 @@ pub struct Origin<'a> {
     pub message_id: &'a str,
 }
 
-/// The request records.
+/// What the handler needs of the request records: the narrow store [`crate::VpcHandler`] is
+/// generic over. [`Store`] keeps them in DynamoDB; every write after [`Self::claim`] is made
+/// only while the delivery named `owner` holds the request's lease (which it extends).
+pub trait RequestStore: Send + Sync + 'static {
+    /// Records a new request as `QUEUED`, or returns the record already there. A record that
+    /// expired before the message was received is no longer there: it is replaced (unless a
+    /// delivery still holds its lease, [`Inserted::ExpiredBusy`]).
+    fn insert(
+        &self,
+        request_id: &str,
+        request: &VpcRequest,
+        body_sha256: &str,
+        origin: &Origin<'_>,
+    ) -> impl Future<Output = Result<Inserted, AwsError>> + Send;
+
+    /// Records a replay with another body under the same request id beside the request
+    /// (`FAILED` with `reason`), leaving the request untouched: the id of that record.
+    fn conflict(
+        &self,
+        request_id: &str,
+        origin: &Origin<'_>,
+        reason: &str,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+
+    /// Takes the lease for `owner` (a delivery) if nobody holds an unexpired one, and marks the
+    /// request `IN_PROGRESS`; only on the request with the body hash `body_sha256`.
+    fn claim(
+        &self,
+        request_id: &str,
+        owner: &str,
+        body_sha256: &str,
+    ) -> impl Future<Output = Result<Claim, AwsError>> + Send;
+
+    /// How long a lease lasts past its last renewal.
+    fn lease(&self) -> Duration;
+
+    /// Extends `owner`'s lease by [`Self::lease`] from now, while it holds it on a request in
+    /// progress ([`StoreError::LeaseLost`] otherwise).
+    fn renew(
+        &self,
+        request_id: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Checkpoints the VPC id.
+    fn vpc_created(
+        &self,
+        request_id: &str,
+        owner: &str,
+        vpc_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Checkpoints subnet `index`'s id.
+    fn subnet_created(
+        &self,
+        request_id: &str,
+        owner: &str,
+        index: usize,
+        subnet_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks the request `SUCCEEDED` and ends the lease.
+    fn succeeded(
+        &self,
+        request_id: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks the request `FAILED` with `reason`: while `owner` holds the lease, or, without an
+    /// owner, while nobody has started it ([`StoreError::LeaseLost`] otherwise).
+    fn failed(
+        &self,
+        request_id: &str,
+        owner: Option<&str>,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Gives the lease up (before a retry), so that the next delivery need not wait for it to
+    /// expire. Best effort.
+    fn release(&self, request_id: &str, owner: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// The heartbeat of `owner`'s lease on `request_id`: renews it every third of the lease, for
+/// as long as it is polled. Run it beside the work (`select!`): it stops with it, and it
+/// completes only when the work must stop (with the reason): the lease was lost, or renewals
+/// have failed for two thirds of the lease, so that this delivery stops before another may take
+/// over. A failed renewal before that is tried again at the next beat.
+pub async fn hold<S: RequestStore>(store: &S, request_id: &str, owner: &str) -> String {
+    let lease = store.lease();
+    let period = lease / 3;
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        beats.tick().await;
+        match store.renew(request_id, owner).await {
+            Ok(()) => renewed = tokio::time::Instant::now(),
+            Err(StoreError::LeaseLost) => {
+                return "another delivery took the request over".to_owned();
+            }
+            Err(StoreError::Aws(error)) if renewed.elapsed() >= lease * 2 / 3 => {
+                // Stop before the lease can expire under us: past it, another delivery may
+                // take the request over while this one still creates things.
+                return format!(
+                    "cannot renew the lease ({error}) for {} s; stopping before it expires",
+                    renewed.elapsed().as_secs()
+                );
+            }
+            Err(StoreError::Aws(error)) => {
+                tracing::warn!(request_id, %error, "cannot renew the lease; trying again");
+            }
+        }
+    }
+}
+
+/// The request records in DynamoDB: the [`RequestStore`] of the worker.
 #[derive(Debug, Clone)]
 pub struct Store {
     client: aws_sdk_dynamodb::Client,
@@ -228,13 +346,60 @@ impl Store {
             .key("request_id", Self::key(request_id))
     }
 
+    async fn get(&self, request_id: &str) -> Result<Record, AwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("request_id", Self::key(request_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.item.as_ref().map(Record::from_item).unwrap_or_default())
+    }
+
+    /// An update made only while `owner` holds the lease, which it extends.
+    async fn owned_update(
+        &self,
+        request_id: &str,
+        owner: &str,
+        set: &str,
+        remove: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut update = self
+            .update(request_id)
+            .update_expression(format!(
+                "SET {set}, updated_at = :now, lease_until = :until {remove}"
+            ))
+            .condition_expression("lease_owner = :me")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":until", n(now + self.lease.as_millis() as u64));
+        if set.contains("#status") {
+            update = update.expression_attribute_names("#status", "status");
+        }
+        for (name, value) in values {
+            update = update.expression_attribute_values(name, value);
+        }
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(err) if failed_condition(&err) => Err(StoreError::LeaseLost),
+            Err(err) => Err(StoreError::Aws(classify(&err))),
+        }
+    }
+}
+
+impl RequestStore for Store {
     /// Records a new request as `QUEUED`, or returns the record already there. A record that
     /// expired before the message was received is no longer there: it is replaced (unless a
     /// delivery still holds its lease), whether or not TTL has deleted it yet.
     ///
     /// # Errors
     /// The classified DynamoDB error.
-    pub async fn insert(
+    async fn insert(
         &self,
         request_id: &str,
         request: &VpcRequest,
@@ -314,7 +479,7 @@ impl Store {
     ///
     /// # Errors
     /// The classified DynamoDB error.
-    pub async fn conflict(
+    async fn conflict(
         &self,
         request_id: &str,
         origin: &Origin<'_>,
@@ -346,7 +511,7 @@ impl Store {
     ///
     /// # Errors
     /// The classified DynamoDB error.
-    pub async fn claim(
+    async fn claim(
         &self,
         request_id: &str,
         owner: &str,
@@ -394,49 +559,8 @@ impl Store {
         }
     }
 
-    async fn get(&self, request_id: &str) -> Result<Record, AwsError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("request_id", Self::key(request_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(out.item.as_ref().map(Record::from_item).unwrap_or_default())
-    }
-
-    /// An update made only while `owner` holds the lease, which it extends.
-    async fn owned_update(
-        &self,
-        request_id: &str,
-        owner: &str,
-        set: &str,
-        remove: &str,
-        values: Vec<(&str, AttributeValue)>,
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut update = self
-            .update(request_id)
-            .update_expression(format!(
-                "SET {set}, updated_at = :now, lease_until = :until {remove}"
-            ))
-            .condition_expression("lease_owner = :me")
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":until", n(now + self.lease.as_millis() as u64));
-        if set.contains("#status") {
-            update = update.expression_attribute_names("#status", "status");
-        }
-        for (name, value) in values {
-            update = update.expression_attribute_values(name, value);
-        }
-        match update.send().await {
-            Ok(_) => Ok(()),
-            Err(err) if failed_condition(&err) => Err(StoreError::LeaseLost),
-            Err(err) => Err(StoreError::Aws(classify(&err))),
-        }
+    fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// Extends `owner`'s lease by `lease` from now, while it holds it on a request in progress.
@@ -444,7 +568,7 @@ impl Store {
     /// # Errors
     /// A lost lease (taken over, released, or the request finished), or the classified
     /// DynamoDB error.
-    pub async fn renew(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
+    async fn renew(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let renewed = self
             .update(request_id)
@@ -463,43 +587,11 @@ impl Store {
         }
     }
 
-    /// The heartbeat of `owner`'s lease: renews it every third of the lease, for as long as it
-    /// is polled. Run it beside the work (`select!`): it stops with it, and it completes only
-    /// when the work must stop (with the reason): the lease was lost, or renewals have failed
-    /// for two thirds of the lease, so that this delivery stops before another may take over.
-    /// A failed renewal before that is tried again at the next beat.
-    pub async fn hold(&self, request_id: &str, owner: &str) -> String {
-        let period = self.lease / 3;
-        let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewed = tokio::time::Instant::now();
-        loop {
-            beats.tick().await;
-            match self.renew(request_id, owner).await {
-                Ok(()) => renewed = tokio::time::Instant::now(),
-                Err(StoreError::LeaseLost) => {
-                    return "another delivery took the request over".to_owned();
-                }
-                Err(StoreError::Aws(error)) if renewed.elapsed() >= self.lease * 2 / 3 => {
-                    // Stop before the lease can expire under us: past it, another delivery
-                    // may take the request over while this one still creates things.
-                    return format!(
-                        "cannot renew the lease ({error}) for {} s; stopping before it expires",
-                        renewed.elapsed().as_secs()
-                    );
-                }
-                Err(StoreError::Aws(error)) => {
-                    tracing::warn!(request_id, %error, "cannot renew the lease; trying again");
-                }
-            }
-        }
-    }
-
     /// Checkpoints the VPC id.
     ///
     /// # Errors
     /// A lost lease, or the classified DynamoDB error.
-    pub async fn vpc_created(
+    async fn vpc_created(
         &self,
         request_id: &str,
         owner: &str,
@@ -519,7 +611,7 @@ impl Store {
     ///
     /// # Errors
     /// A lost lease, or the classified DynamoDB error.
-    pub async fn subnet_created(
+    async fn subnet_created(
         &self,
         request_id: &str,
         owner: &str,
@@ -540,7 +632,7 @@ impl Store {
     ///
     /// # Errors
     /// A lost lease, or the classified DynamoDB error.
-    pub async fn succeeded(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
+    async fn succeeded(&self, request_id: &str, owner: &str) -> Result<(), StoreError> {
         self.owned_update(
             request_id,
             owner,
@@ -556,7 +648,7 @@ impl Store {
     ///
     /// # Errors
     /// A lost lease (or a request started meanwhile), or the classified DynamoDB error.
-    pub async fn failed(
+    async fn failed(
         &self,
         request_id: &str,
         owner: Option<&str>,
@@ -590,7 +682,7 @@ impl Store {
 
     /// Gives the lease up (before a retry), so that the next delivery need not wait for it to
     /// expire. Best effort.
-    pub async fn release(&self, request_id: &str, owner: &str) {
+    async fn release(&self, request_id: &str, owner: &str) {
         let released = self
             .update(request_id)
             .update_expression("REMOVE lease_owner, lease_until")

@@ -1,27 +1,24 @@
-//! `order-results-worker`: parse configuration, build the clients, run the engine.
+//! `order-results-worker`: parse configuration, build the bucket and the notifier, run the
+//! engine.
 
-use auction::order_results::{Config, OrderResultsHandler};
+use auction::order_results::{s3_client, Config, OrderResultsHandler, S3Results};
 use clap::Parser;
 
+/// mimalloc: the SDK allocates many small, short-lived buffers per call.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let c = Config::parse();
-    let (bucket, kms_key_id, notifications) = (c.bucket, c.kms_key_id, c.notifications);
+    let config = Config::parse();
+    let (bucket, kms_key_id, notifications) =
+        (config.bucket, config.kms_key_id, config.notifications);
     fleet::worker::run(
-        "order-results-worker",
-        c.worker,
-        |sdk, metrics| async move {
-            let s3 = aws_sdk_s3::Client::from_conf(
-                aws_sdk_s3::config::Builder::from(&sdk)
-                    // LocalStack answers on one host name: path-style addressing.
-                    .force_path_style(true)
-                    .interceptor(fleet::aws::KeepAliveOnPlainHttp)
-                    .build(),
-            );
+        env!("CARGO_BIN_NAME"),
+        config.worker,
+        |fleet::worker::Setup { sdk, metrics, .. }| async move {
+            let results = S3Results::new(s3_client(&sdk), bucket, kms_key_id);
             let notifier = notifications.notifier(&sdk, fleet::dynamodb::client(&sdk), &metrics);
-            OrderResultsHandler::new(s3, bucket, kms_key_id, notifier, &metrics)
+            OrderResultsHandler::new(results, notifier, &metrics)
         },
     )?;
     Ok(())

@@ -1,46 +1,26 @@
 //! `posts-worker`: stores new posts as PENDING and requests their approval, once.
 
 use clap::Parser;
-use fleet::worker::WorkerArgs;
-use posts::intake::{Intake, PostsHandler};
+use fleet::worker::Setup;
+use posts::approval_queues::SqsApprovalRequests;
+use posts::intake::store::DynamoIntakeStore;
+use posts::intake::{Config, PostsHandler};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Command line and environment of `posts-worker`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "posts-worker",
-    version,
-    about = "Stores new posts and requests their approval"
-)]
-struct Config {
-    /// The posts table.
-    #[arg(long, env = "POSTS_TABLE", value_name = "TABLE")]
-    posts_table: String,
-    /// The decisions table (a decided post is never created again).
-    #[arg(long, env = "POST_DECISIONS_TABLE", value_name = "TABLE")]
-    decisions_table: String,
-    /// The approval service's FIFO request queue.
-    #[arg(long, env = "APPROVAL_REQUESTS_QUEUE_URL", value_name = "URL")]
-    requests_queue_url: String,
-    #[command(flatten)]
-    worker: WorkerArgs,
-}
-
 fn main() -> anyhow::Result<()> {
     let c = Config::parse();
-    let (posts_table, decisions_table, requests_queue_url) =
-        (c.posts_table, c.decisions_table, c.requests_queue_url);
-    fleet::worker::run("posts-worker", c.worker, |sdk, metrics| async move {
-        let to = Intake {
-            dynamodb: fleet::dynamodb::client(&sdk),
-            sqs: fleet::aws::sqs_client(&sdk),
-            posts_table,
-            decisions_table,
-            requests_queue_url,
-        };
-        PostsHandler::new(to, &metrics)
-    })?;
+    fleet::worker::run(
+        env!("CARGO_BIN_NAME"),
+        c.worker,
+        |Setup { sdk, metrics, .. }| async move {
+            let dynamodb = fleet::dynamodb::client(&sdk);
+            let store = DynamoIntakeStore::new(dynamodb, c.posts_table, c.decisions_table);
+            let requests =
+                SqsApprovalRequests::new(fleet::aws::sqs_client(&sdk), c.requests_queue_url);
+            PostsHandler::new(store, requests, &metrics)
+        },
+    )?;
     Ok(())
 }

@@ -23,20 +23,26 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use ::metrics::{
-    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Level, Metadata, Recorder, SharedString,
-    Unit,
-};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use ::metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::PrometheusRecorder;
 use metrics_util::registry::{Registry, Storage};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::util::now_ms;
+
+mod distribution;
+mod emf;
+mod prometheus;
+
+pub use distribution::{Distribution, Taken};
+pub use prometheus::{serve_prometheus, PrometheusError};
+
+use emf::{cloudwatch_unit, emf_document, EmfMetric, Labels};
+use prometheus::{prometheus_key, METADATA};
 
 /// The CloudWatch namespace of every fleet metric.
 pub const NAMESPACE: &str = "QueueFleet";
@@ -363,86 +369,6 @@ pub fn install(metrics: Arc<Metrics>) -> bool {
     ::metrics::set_global_recorder(FleetRecorder(metrics)).is_ok()
 }
 
-/// Why the Prometheus endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot serve Prometheus metrics on {addr}: {source}")]
-pub struct PrometheusError {
-    addr: SocketAddr,
-    source: metrics_exporter_prometheus::BuildError,
-}
-
-/// Serves `metrics` for Prometheus on `addr` (any path; `/health` answers `OK`), every series
-/// labelled `worker` and `queue`. Runs on the current tokio runtime until it stops; the
-/// registry's counters and gauges reach the endpoint within a second, histogram samples at once.
-///
-/// # Errors
-/// When the address cannot be bound.
-pub fn serve_prometheus(
-    metrics: &Arc<Metrics>,
-    addr: SocketAddr,
-    worker: &str,
-    queue: &str,
-) -> Result<(), PrometheusError> {
-    let error = |source| PrometheusError { addr, source };
-    let (recorder, exporter) = prometheus_builder(worker, queue)
-        .map_err(error)?
-        .with_http_listener(addr)
-        .build()
-        .map_err(error)?;
-    tokio::spawn(async move {
-        if let Err(err) = exporter.await {
-            tracing::error!(error = ?err, "the Prometheus endpoint stopped");
-        }
-    });
-    metrics.attach_prometheus(recorder);
-    let metrics = metrics.clone();
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(PROMETHEUS_SYNC);
-        loop {
-            ticker.tick().await;
-            metrics.sync_prometheus();
-        }
-    });
-    Ok(())
-}
-
-/// The Prometheus recorder's settings: recommended names (`_total` on counters), the labels,
-/// the latency buckets (a histogram Prometheus can sum across pods, not a summary).
-fn prometheus_builder(
-    worker: &str,
-    queue: &str,
-) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
-    PrometheusBuilder::new()
-        .with_recommended_naming(true)
-        .add_global_label("worker", worker)
-        .add_global_label("queue", queue)
-        .set_buckets(&PROMETHEUS_BUCKETS_MS)
-}
-
-impl Metrics {
-    /// From now on the Prometheus recorder gets every histogram sample as it is recorded, and
-    /// the counters and gauges at each [`Self::sync_prometheus`].
-    fn attach_prometheus(&self, recorder: PrometheusRecorder) {
-        let prometheus = self.registry.storage().prometheus.get_or_init(|| recorder);
-        // Histograms registered before now (new ones are mirrored as they are made).
-        self.registry.visit_histograms(|key, histogram| {
-            histogram.mirror(prometheus.register_histogram(&prometheus_key(key), &METADATA));
-        });
-        self.sync_prometheus();
-    }
-}
-
-/// The metadata given to the Prometheus recorder (it ignores it).
-static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
-
-/// A metric's key on the Prometheus endpoint: `fleet_<name>`, same labels.
-fn prometheus_key(key: &Key) -> Key {
-    Key::from_parts(
-        format!("{PROMETHEUS_PREFIX}{}", key.name()),
-        key.labels().cloned().collect::<Vec<_>>(),
-    )
-}
-
 /// `name`, or `name{k=v,...}` for a labelled key.
 fn display_name(key: &Key) -> String {
     if key.labels().len() == 0 {
@@ -485,268 +411,15 @@ impl Storage<Key> for FleetStorage {
     }
 }
 
-/// Buckets of a [`Distribution`]: bucket 0 holds values up to [`LOWEST`], bucket `i` those in
-/// (`LOWEST`·1.1^(i-1), `LOWEST`·1.1^i]: 1 µs to 1.1·10⁹ ms (13 days) when the unit is ms.
-const BUCKETS: usize = 292;
-/// The upper bound of bucket 0.
-const LOWEST: f64 = 1e-3;
-/// Each bucket's bounds are 10 % apart: a value is reported within ±5 % (the resolution of
-/// AWS's own EMF libraries).
-const GROWTH: f64 = 1.1;
-
-/// Values recorded since the previous [`Distribution::take`], in logarithmic buckets 10 % wide:
-/// lock-free, fixed memory, nothing allocated per value. Exported as a CloudWatch distribution
-/// (`Values` and `Counts`), which CloudWatch aggregates across tasks and periods.
-pub struct Distribution {
-    buckets: [AtomicU64; BUCKETS],
-    /// Bits of the sum of the values (an `f64`).
-    sum: AtomicU64,
-    /// Bits of the least value (`f64`, +∞ when none).
-    min: AtomicU64,
-    /// Bits of the greatest value (`f64`, −∞ when none).
-    max: AtomicU64,
-    /// The Prometheus endpoint's histogram, once there is one.
-    mirror: OnceLock<Histogram>,
-}
-
-impl Default for Distribution {
-    fn default() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum: AtomicU64::new(0f64.to_bits()),
-            min: AtomicU64::new(f64::INFINITY.to_bits()),
-            max: AtomicU64::new(f64::NEG_INFINITY.to_bits()),
-            mirror: OnceLock::new(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Distribution {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Distribution").finish_non_exhaustive()
-    }
-}
-
-/// What a [`Distribution`] held when taken: what an EMF distribution carries.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Taken {
-    /// One value per bucket with values (its geometric middle, within [min, max]), ascending.
-    pub values: Vec<f64>,
-    /// How many values each of `values` stands for.
-    pub counts: Vec<u64>,
-    /// The least value.
-    pub min: f64,
-    /// The greatest value.
-    pub max: f64,
-    /// The sum of the values.
-    pub sum: f64,
-    /// How many values.
-    pub count: u64,
-}
-
-impl Distribution {
-    fn bucket(value: f64) -> usize {
-        if value.partial_cmp(&LOWEST) != Some(std::cmp::Ordering::Greater) {
-            return 0;
-        }
-        (((value / LOWEST).ln() / GROWTH.ln()).ceil() as usize).min(BUCKETS - 1)
-    }
-
-    /// The geometric middle of a bucket.
-    fn middle(bucket: usize) -> f64 {
-        if bucket == 0 {
-            return LOWEST;
-        }
-        LOWEST * GROWTH.powf(bucket as f64 - 0.5)
-    }
-
-    /// Records a duration, in milliseconds.
-    pub fn record_duration(&self, elapsed: Duration) {
-        HistogramFn::record(self, elapsed.as_secs_f64() * 1000.0);
-    }
-
-    fn mirror(&self, histogram: Histogram) {
-        let _ = self.mirror.set(histogram);
-    }
-
-    /// What was recorded since the previous call (`None` for nothing), and a reset.
-    pub fn take(&self) -> Option<Taken> {
-        let taken: Vec<(usize, u64)> = self
-            .buckets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| {
-                let n = b.swap(0, Ordering::Relaxed);
-                (n > 0).then_some((i, n))
-            })
-            .collect();
-        let min = f64::from_bits(self.min.swap(f64::INFINITY.to_bits(), Ordering::Relaxed));
-        let max = f64::from_bits(
-            self.max
-                .swap(f64::NEG_INFINITY.to_bits(), Ordering::Relaxed),
-        );
-        let sum = f64::from_bits(self.sum.swap(0f64.to_bits(), Ordering::Relaxed));
-        let (first, last) = (taken.first()?.0, taken.last()?.0);
-        // On a multi-threaded runtime a value recorded during the take may have reached its
-        // bucket but not the statistics (or the other way round): keep the set consistent.
-        let min = if min.is_finite() {
-            min
-        } else {
-            Self::middle(first)
-        };
-        let max = if max.is_finite() && max >= min {
-            max
-        } else {
-            Self::middle(last).max(min)
-        };
-        let count: u64 = taken.iter().map(|(_, n)| n).sum();
-        let sum = sum.clamp(
-            max + min * (count - 1) as f64,
-            min + max * (count - 1) as f64,
-        );
-        let mut points: Vec<(f64, u64)> = taken
-            .into_iter()
-            .map(|(i, n)| (Self::middle(i).clamp(min, max), n))
-            .collect();
-        // CloudWatch takes at most 100 values a metric: halve the resolution until it fits.
-        while points.len() > EMF_MAX_VALUES {
-            points = points
-                .chunks(2)
-                .map(|pair| {
-                    let n: u64 = pair.iter().map(|(_, n)| n).sum();
-                    let weighted: f64 = pair.iter().map(|(v, n)| v * *n as f64).sum();
-                    (weighted / n as f64, n)
-                })
-                .collect();
-        }
-        let (values, counts) = points.into_iter().unzip();
-        Some(Taken {
-            values,
-            counts,
-            min,
-            max,
-            sum,
-            count,
-        })
-    }
-}
-
-impl HistogramFn for Distribution {
-    fn record(&self, value: f64) {
-        if value.is_nan() {
-            return;
-        }
-        self.buckets[Self::bucket(value)].fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + value).to_bits())
-            });
-        let _ = self
-            .min
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                (value < f64::from_bits(bits)).then(|| value.to_bits())
-            });
-        let _ = self
-            .max
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                (value > f64::from_bits(bits)).then(|| value.to_bits())
-            });
-        if let Some(mirror) = self.mirror.get() {
-            mirror.record(value);
-        }
-    }
-}
-
-impl Taken {
-    /// The EMF form of a distribution.
-    pub fn to_emf(&self) -> Value {
-        json!({
-            "Values": self.values,
-            "Counts": self.counts,
-            "Min": self.min,
-            "Max": self.max,
-            "Count": self.count,
-            "Sum": self.sum,
-        })
-    }
-}
-
-/// A key's labels, as (name, value) pairs: the extra dimensions of its EMF document.
-type Labels = Vec<(String, String)>;
-
-/// One metric of an EMF document: its name, value and CloudWatch unit.
-type EmfMetric = (String, Value, &'static str);
-
-/// One EMF document: the metrics named in `_aws.CloudWatchMetrics` and their values at the top
-/// level, beside the dimensions (`Worker`, `Queue`, then the labels).
-fn emf_document(
-    timestamp_ms: u64,
-    worker: &str,
-    queue: &str,
-    labels: &[(String, String)],
-    metrics: Vec<EmfMetric>,
-    totals: Option<Value>,
-) -> Value {
-    let mut dimensions = vec!["Worker".to_owned(), "Queue".to_owned()];
-    dimensions.extend(labels.iter().map(|(k, _)| k.clone()));
-    let definitions: Vec<Value> = metrics
-        .iter()
-        .map(|(name, _, unit)| json!({"Name": name, "Unit": unit}))
-        .collect();
-    let mut doc = Map::new();
-    doc.insert(
-        "_aws".into(),
-        json!({
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [dimensions],
-                "Metrics": definitions,
-            }],
-        }),
-    );
-    doc.insert("Worker".into(), worker.into());
-    doc.insert("Queue".into(), queue.into());
-    for (key, value) in labels {
-        doc.insert(key.clone(), value.clone().into());
-    }
-    for (name, value, _) in metrics {
-        doc.insert(name, value);
-    }
-    if let Some(totals) = totals {
-        doc.insert("totals".into(), totals);
-    }
-    Value::Object(doc)
-}
-
-/// CloudWatch's name of a unit.
-fn cloudwatch_unit(unit: &Unit) -> &'static str {
-    match unit {
-        Unit::Count => "Count",
-        Unit::Percent => "Percent",
-        Unit::Seconds => "Seconds",
-        Unit::Milliseconds => "Milliseconds",
-        Unit::Microseconds => "Microseconds",
-        Unit::Nanoseconds => "None",
-        Unit::Tebibytes => "Terabytes",
-        Unit::Gibibytes => "Gigabytes",
-        Unit::Mebibytes => "Megabytes",
-        Unit::Kibibytes => "Kilobytes",
-        Unit::Bytes => "Bytes",
-        Unit::TerabitsPerSecond => "Terabits/Second",
-        Unit::GigabitsPerSecond => "Gigabits/Second",
-        Unit::MegabitsPerSecond => "Megabits/Second",
-        Unit::KilobitsPerSecond => "Kilobits/Second",
-        Unit::BitsPerSecond => "Bits/Second",
-        Unit::CountPerSecond => "Count/Second",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use serde_json::json;
+
+    use ::metrics::HistogramFn;
+
+    use super::prometheus::prometheus_builder;
     use super::*;
 
     /// The checks CloudWatch makes of an EMF document, as the specification words them.
