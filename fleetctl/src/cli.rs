@@ -173,8 +173,8 @@ pub(crate) enum DlqCommand {
         #[arg(long, value_enum, default_value_t = dlq::Method::Auto)]
         method: dlq::Method,
         /// Move messages of every reason kind, also those that cannot succeed again: `conflict`,
-        /// `idempotency-conflict`, `results-changed`, and `invalid-*`, `malformed-*`,
-        /// `missing-*` (`fleetctl dlq summary` marks them `refused`).
+        /// `results-changed`, `invalid-*`, `missing-*` and earlier releases' spellings such as
+        /// `idempotency-conflict` and `malformed-*` (`fleetctl dlq summary` marks them `refused`).
         #[arg(long)]
         force: bool,
         /// Only print what would move, by reason (reads the DLQ once; moves nothing).

@@ -918,6 +918,29 @@ async fn check_stored(stack: &Stack, owner: &str, case: &Case, answer: &Answer) 
     Ok(())
 }
 
+/// The workers' log lines naming the request of `answer` (its `request_id`), to tell a message
+/// never received from one handled but stored elsewhere.
+fn logged_about(workers: &[Worker], answer: &Answer) -> String {
+    let Some(request) = answer.body["request_id"].as_str() else {
+        return "(the answer has no request_id)".into();
+    };
+    let lines: Vec<String> = workers
+        .iter()
+        .flat_map(|w| {
+            w.stderr_text()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| line.contains(request))
+        .collect();
+    if lines.is_empty() {
+        format!("nothing with {request}")
+    } else {
+        lines.join("\n    ")
+    }
+}
+
 async fn send_get(stack: &Stack, path: &str) -> Result<Answer> {
     let (status, body) = stack.call(Method::GET, path, None).await?;
     Ok(Answer { status, body })
@@ -1042,24 +1065,32 @@ async fn every_body_the_gateway_accepts_is_stored_and_every_refusal_is_a_4xx_wit
         }
     }
     // ... and stored as sent. An empty queue can still have a last message in a worker's
-    // hands (SQS's counts are approximate): a case not yet stored is looked at again, until
-    // a shared deadline.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // hands (SQS's counts are approximate, and LocalStack answers slowly under load): the
+    // cases not yet stored at the first look are looked at again, until 60 s after it.
+    let mut late = Vec::new();
     for (case, answer) in cases.iter().zip(&answers) {
-        if answer.status == StatusCode::ACCEPTED && case.json.is_some() {
-            let mut checked = check_stored(&stack, &owner, case, answer).await;
-            while checked.is_err() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                checked = check_stored(&stack, &owner, case, answer).await;
-            }
-            if let Err(e) = checked {
-                problems.push(format!(
-                    "{} {} {:.200}: {e:#}",
-                    case.method,
-                    case.path,
-                    case.body.trim()
-                ));
-            }
+        if answer.status == StatusCode::ACCEPTED
+            && case.json.is_some()
+            && check_stored(&stack, &owner, case, answer).await.is_err()
+        {
+            late.push((case, answer));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for (case, answer) in late {
+        let mut checked = check_stored(&stack, &owner, case, answer).await;
+        while checked.is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            checked = check_stored(&stack, &owner, case, answer).await;
+        }
+        if let Err(e) = checked {
+            problems.push(format!(
+                "{} {} {:.200}: {e:#}\n  what the workers logged about it: {}",
+                case.method,
+                case.path,
+                case.body.trim(),
+                logged_about(&workers, answer)
+            ));
         }
     }
     terminate_all(workers).await?;

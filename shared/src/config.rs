@@ -54,6 +54,9 @@ pub fn renamed_env_warnings() -> Vec<String> {
         .map(|(old, new)| {
             if std::env::var_os(new).is_some() {
                 format!("{old} is ignored: {new} is set (and {old} is its former name)")
+            } else if std::env::var(old).is_ok_and(|v| v.parse::<f64>().is_err()) {
+                // Every renamed variable is a number; this one is ignored (renamed_or).
+                format!("{old} is ignored: it is not a number (and it is deprecated: use {new})")
             } else {
                 format!("{old} is deprecated and will be removed in the next release: use {new}")
             }
@@ -82,7 +85,7 @@ pub struct EngineConfig {
           value_parser = clap::value_parser!(u32).range(SQS_MAX_BATCH as i64..=10_000))]
     pub max_concurrency: u32,
 
-    /// Least messages worked on at once (the scaler's minimum). Equal to --max-in-flight turns
+    /// Least messages worked on at once (the scaler's minimum). Equal to --max-concurrency turns
     /// the scaler off.
     #[arg(long, env = "FLEET_MIN_CONCURRENCY", default_value_t = DEFAULT_MIN_CONCURRENCY,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -47,3 +47,72 @@ pub fn number(value: &crate::json::Decimal) -> aws_sdk_dynamodb::types::Attribut
         crate::json::NumberAttribute::S(s) => AttributeValue::S(s),
     }
 }
+
+/// What an insert-if-absent did ([`put_if_absent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insert {
+    /// The row was written.
+    Created,
+    /// A row with this key was there already (live, where the condition also checks expiry),
+    /// left untouched; its payload hash, if it had one: the same hash is a replay, another is
+    /// a conflict.
+    Exists {
+        /// The stored row's payload hash.
+        payload_hash: Option<String>,
+    },
+}
+
+/// Sends `request`, a `PutItem` whose condition says the row is absent, and asks for the stored
+/// row when the condition fails: [`Insert::Exists`] with its string attribute `hash_attribute`.
+/// One call either way.
+///
+/// # Errors
+/// Any other failure, classified.
+pub async fn put_if_absent(
+    request: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+    hash_attribute: &str,
+) -> Result<Insert, crate::AwsError> {
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+    let sent = request
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .send()
+        .await;
+    match sent {
+        Ok(_) => Ok(Insert::Created),
+        Err(err) => match err.as_service_error() {
+            Some(PutItemError::ConditionalCheckFailedException(failed)) => Ok(Insert::Exists {
+                payload_hash: failed
+                    .item()
+                    .and_then(|item| item.get(hash_attribute))
+                    .and_then(|v| v.as_s().ok())
+                    .cloned(),
+            }),
+            _ => Err(crate::classify(&err)),
+        },
+    }
+}
+
+/// What a conditional write came to: `true` written, `false` refused by its condition (the
+/// item left as it was); any other failure classified.
+///
+/// # Errors
+/// A failure other than the condition.
+pub fn condition_met<T, E>(
+    result: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+) -> Result<bool, crate::AwsError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    match result {
+        Ok(_) => Ok(true),
+        Err(err)
+            if err.as_service_error().and_then(ProvideErrorMetadata::code)
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(crate::classify(&err)),
+    }
+}

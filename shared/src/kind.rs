@@ -56,7 +56,7 @@ pub const ALL: [&str; 10] = [
 ];
 
 /// Kinds that no redrive can fix: the message itself is wrong, or it conflicts with what is
-/// stored. [`crate::dlq::redrive_is_safe`] also refuses [`LEGACY_REFUSED`] and any kind named by
+/// stored. [`crate::dlq::redrive_is_safe`] also refuses [`LEGACY`] and any kind named by
 /// the `invalid-`/`malformed-`/`missing-` convention.
 pub const REDRIVE_REFUSED: [&str; 6] = [
     INVALID_JSON,

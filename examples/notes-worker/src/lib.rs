@@ -13,17 +13,20 @@
 
 use std::future::Future;
 
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::AttributeValue;
 use clap::Parser;
+use fleet::dynamodb::Insert;
 use fleet::worker::WorkerArgs;
-use fleet::{classify, kind, AwsError, Handler, Message, Outcome};
+use fleet::{kind, AwsError, Handler, Message, Outcome};
 use serde::Deserialize;
 
 /// The message attribute holding the note's id.
 pub const ATTR_NOTE_ID: &str = "noteId";
 /// The table's partition key: `<owner>#<noteId>`.
 pub const KEY: &str = "ownerNoteId";
+/// The attribute holding a stored note's payload hash: what tells a replay (the same hash)
+/// from a conflict (another).
+pub const PAYLOAD_HASH: &str = "payloadHash";
 
 /// Command line and environment of the `notes-worker` binary.
 #[derive(Debug, Parser)]
@@ -53,19 +56,18 @@ pub struct Note {
     pub text: String,
 }
 
-/// What a store found when it was asked to keep a note.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// Written now.
-    Created,
-    /// A note with this owner and id was there already, with this text.
-    Exists(String),
+impl Note {
+    /// SHA-256 of what the note says: the same note again has the same hash.
+    pub fn payload_hash(&self) -> String {
+        fleet::util::sha256_hex(self.text.as_bytes())
+    }
 }
 
 /// Where notes are kept: the one call the handler needs.
 pub trait NoteStore: Send + Sync + 'static {
     /// Writes the note unless its owner and id are taken (one conditional write).
-    fn put_if_absent(&self, note: &Note) -> impl Future<Output = Result<Stored, AwsError>> + Send;
+    /// [`Insert::Exists`] carries the stored note's [`Note::payload_hash`].
+    fn put_if_absent(&self, note: &Note) -> impl Future<Output = Result<Insert, AwsError>> + Send;
 }
 
 /// The handler: validate, store once, say what happened.
@@ -93,6 +95,13 @@ impl<S: NoteStore> Handler for NotesHandler<S> {
         let (Some(id), Some(owner)) = (message.attribute(ATTR_NOTE_ID), message.owner()) else {
             return Outcome::permanent(kind::MISSING_ATTRIBUTE, "noteId or ownerId is missing");
         };
+        // The key is `<owner>#<noteId>`: an owner with the separator could reach another's note.
+        if owner.contains('#') {
+            return Outcome::permanent(
+                kind::INVALID_MESSAGE,
+                format!("owner id {owner:?} contains '#', the key's separator"),
+            );
+        }
         let body: Body = match serde_json::from_str(&message.body) {
             Ok(body) => body,
             Err(err) if err.is_syntax() || err.is_eof() => {
@@ -106,9 +115,11 @@ impl<S: NoteStore> Handler for NotesHandler<S> {
             text: body.text,
         };
         match self.store.put_if_absent(&note).await {
-            Ok(Stored::Created) => Outcome::Done,
-            Ok(Stored::Exists(text)) if text == note.text => Outcome::Duplicate,
-            Ok(Stored::Exists(_)) => Outcome::permanent(
+            Ok(Insert::Created) => Outcome::Done,
+            Ok(Insert::Exists { payload_hash }) if payload_hash == Some(note.payload_hash()) => {
+                Outcome::Duplicate
+            }
+            Ok(Insert::Exists { .. }) => Outcome::permanent(
                 kind::CONFLICT,
                 format!("note {} is stored already with another text", note.id),
             ),
@@ -132,8 +143,8 @@ impl DynamoNotes {
 }
 
 impl NoteStore for DynamoNotes {
-    async fn put_if_absent(&self, note: &Note) -> Result<Stored, AwsError> {
-        let written = self
+    async fn put_if_absent(&self, note: &Note) -> Result<Insert, AwsError> {
+        let request = self
             .client
             .put_item()
             .table_name(&self.table)
@@ -142,24 +153,10 @@ impl NoteStore for DynamoNotes {
                 AttributeValue::S(format!("{}#{}", note.owner, note.id)),
             )
             .item("text", AttributeValue::S(note.text.clone()))
-            .condition_expression("attribute_not_exists(ownerNoteId)")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match written {
-            Ok(_) => Ok(Stored::Created),
-            Err(err) => match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
-                    let text = failed.item().and_then(|item| item.get("text"));
-                    Ok(Stored::Exists(
-                        text.and_then(|t| t.as_s().ok())
-                            .cloned()
-                            .unwrap_or_default(),
-                    ))
-                }
-                _ => Err(classify(&err)),
-            },
-        }
+            .item(PAYLOAD_HASH, AttributeValue::S(note.payload_hash()))
+            .condition_expression("attribute_not_exists(ownerNoteId)");
+        // One call: written, or the stored row's hash when the condition fails.
+        fleet::dynamodb::put_if_absent(request, PAYLOAD_HASH).await
     }
 }
 
@@ -181,17 +178,23 @@ mod tests {
     }
 
     impl NoteStore for FakeNotes {
-        async fn put_if_absent(&self, note: &Note) -> Result<Stored, AwsError> {
+        async fn put_if_absent(&self, note: &Note) -> Result<Insert, AwsError> {
             if let Some(err) = self.fail.lock().unwrap().clone() {
                 return Err(err);
             }
             let mut rows = self.rows.lock().unwrap();
             let key = (note.owner.clone(), note.id.clone());
             if let Some(text) = rows.get(&key) {
-                return Ok(Stored::Exists(text.clone()));
+                let stored = Note {
+                    text: text.clone(),
+                    ..note.clone()
+                };
+                return Ok(Insert::Exists {
+                    payload_hash: Some(stored.payload_hash()),
+                });
             }
             rows.insert(key, note.text.clone());
-            Ok(Stored::Created)
+            Ok(Insert::Created)
         }
     }
 
@@ -243,6 +246,10 @@ mod tests {
         anonymous.attributes.remove(fleet::gateway::ATTR_OWNER_ID);
         let outcome = handler.handle(&anonymous).await;
         assert_eq!(kind_of(&outcome), Some(kind::MISSING_ATTRIBUTE));
+        // "alice#n" + "1" would be alice's note "n#1".
+        let forged = message("alice#n", "1", r#"{"text":"x"}"#);
+        let outcome = handler.handle(&forged).await;
+        assert_eq!(kind_of(&outcome), Some(kind::INVALID_MESSAGE));
         assert!(handler.store.rows.lock().unwrap().is_empty());
     }
 

@@ -14,7 +14,8 @@ pub(crate) struct Filter {
     /// `none`: moved by the queue's redrive policy, without a reason.
     #[arg(long, value_name = "KIND")]
     pub(crate) reason: Option<String>,
-    /// Only messages dead-lettered by this worker (`fleet.worker`, e.g. `payments-worker`).
+    /// Only messages dead-lettered by this worker (`fleet.worker`, e.g. `payments-worker`;
+    /// also `<prefix>payments-worker`, the name earlier deployments wrote on AWS).
     #[arg(long, value_name = "NAME")]
     pub(crate) worker: Option<String>,
     /// Only messages that failed longer ago than this: 90s, 30m, 2h, 7d, 1w (`fleet.failed-at`,
@@ -33,12 +34,25 @@ impl Filter {
     pub(crate) fn matches(&self, m: &Message, now_ms: u64) -> bool {
         let dead = Dead::of(m);
         self.reason.as_deref().is_none_or(|r| dead.reason() == r)
-            && self.worker.as_deref().is_none_or(|w| dead.worker() == w)
+            && self
+                .worker
+                .as_deref()
+                .is_none_or(|w| same_worker(dead.worker(), w))
             && self.older_than.is_none_or(|age| {
                 dead.age_secs(now_ms)
                     .is_some_and(|secs| secs >= age.as_secs())
             })
     }
+}
+
+/// Whether `recorded` (a dead letter's `fleet.worker`) names the worker `wanted`: the same
+/// name, or the name earlier deployments wrote on AWS, `<prefix><worker>` (the prefix ends
+/// with `-`), so that older dead letters are not left behind by a filtered redrive.
+fn same_worker(recorded: &str, wanted: &str) -> bool {
+    recorded == wanted
+        || recorded
+            .strip_suffix(wanted)
+            .is_some_and(|prefix| prefix.ends_with('-'))
 }
 
 #[cfg(test)]
@@ -71,6 +85,10 @@ mod tests {
         assert!(filter(Some("conflict"), Some("payments-worker"), Some(3600)).matches(&m, now));
         assert!(!filter(Some("invalid-json"), None, None).matches(&m, now));
         assert!(!filter(None, Some("books-worker"), None).matches(&m, now));
+        // What an earlier deployment wrote on AWS.
+        let old = message(Some("conflict"), "queue-fleet-prod-payments-worker", now);
+        assert!(filter(None, Some("payments-worker"), None).matches(&old, now));
+        assert!(!filter(None, Some("ments-worker"), None).matches(&m, now));
         assert!(!filter(None, None, Some(3601)).matches(&m, now));
         assert!(!filter(Some("none"), None, None).matches(&m, now));
         let policy = message(None, "payments-worker", now);

@@ -13,11 +13,9 @@ use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use fleet::dynamodb::cancellation_codes;
+use fleet::dynamodb::Insert;
 use fleet::util::now_ms;
 use fleet::{classify, AwsError, ErrorClass, Metrics};
 
@@ -327,26 +325,18 @@ impl BookStore for DynamoStore {
 
     async fn reject(&self, command: &Command, rejection: &Rejection) -> Result<Recorded, AwsError> {
         Metrics::incr(&self.writes);
-        let result = self
+        let request = self
             .client
             .put_item()
             .table_name(&self.commands)
             .set_item(Some(Self::record(command, Some(rejection), now_ms())))
-            .condition_expression("attribute_not_exists(request_id)")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Recorded::Recorded),
-            Err(err) => match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
-                    Ok(Recorded::AlreadyDecided {
-                        payload_hash: hash_of(failed.item()),
-                    })
-                }
-                _ => Err(classify(&err)),
+            .condition_expression("attribute_not_exists(request_id)");
+        Ok(
+            match fleet::dynamodb::put_if_absent(request, "payload_hash").await? {
+                Insert::Created => Recorded::Recorded,
+                Insert::Exists { payload_hash } => Recorded::AlreadyDecided { payload_hash },
             },
-        }
+        )
     }
 }
 

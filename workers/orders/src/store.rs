@@ -4,9 +4,8 @@ use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
-use fleet::{classify, AwsError, Metrics};
+use aws_sdk_dynamodb::types::AttributeValue;
+use fleet::{AwsError, Metrics};
 
 use crate::order::Order;
 use crate::ORDER_TTL_SECS;
@@ -38,17 +37,7 @@ pub struct NewOrder<'a> {
 }
 
 /// The result of an insert-if-absent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Insert {
-    /// The row was written.
-    Created,
-    /// A live row with this key was there already, left untouched; its payload hash (if it had
-    /// one).
-    Exists {
-        /// The stored row's payload hash.
-        payload_hash: Option<String>,
-    },
-}
+pub use fleet::dynamodb::Insert;
 
 /// Stores an order unless its key (owner and record id) is taken by an order that had not
 /// expired when the batch was received.
@@ -88,7 +77,7 @@ impl OrderStore for DynamoStore {
         } = new;
         let received_at_secs = received_at_ms / 1000;
         Metrics::incr(&self.writes);
-        let result = self
+        let request = self
             .client
             .put_item()
             .table_name(&self.table)
@@ -107,23 +96,7 @@ impl OrderStore for DynamoStore {
             // Absent, or expired when this batch was received (TTL deletes within days, and
             // never on LocalStack): an expired order frees its `record_id`, as GET shows it.
             .condition_expression("attribute_not_exists(owner_record_id) OR expires_at <= :now")
-            .expression_attribute_values(":now", AttributeValue::N(received_at_secs.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Insert::Created),
-            Err(err) => match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
-                    let payload_hash = failed
-                        .item()
-                        .and_then(|item| item.get(PAYLOAD_HASH))
-                        .and_then(|v| v.as_s().ok())
-                        .cloned();
-                    Ok(Insert::Exists { payload_hash })
-                }
-                _ => Err(classify(&err)),
-            },
-        }
+            .expression_attribute_values(":now", AttributeValue::N(received_at_secs.to_string()));
+        fleet::dynamodb::put_if_absent(request, PAYLOAD_HASH).await
     }
 }

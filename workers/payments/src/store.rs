@@ -4,10 +4,9 @@ use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::AttributeValue;
 use fleet::util::now_ms;
-use fleet::{classify, AwsError, Metrics};
+use fleet::{AwsError, Metrics};
 
 use crate::payment::Payment;
 
@@ -30,16 +29,7 @@ pub struct Provenance {
 }
 
 /// The result of an insert-if-absent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Insert {
-    /// The row was written.
-    Created,
-    /// A row with this key was there already; its payload hash (if it had one).
-    Exists {
-        /// The stored row's payload hash.
-        payload_hash: Option<String>,
-    },
-}
+pub use fleet::dynamodb::Insert;
 
 /// Stores a payment unless its key (owner and payment id) is taken.
 pub trait PaymentStore: Send + Sync + 'static {
@@ -93,8 +83,7 @@ impl PaymentStore for DynamoStore {
             .item(PAYLOAD_HASH, s(payload_hash))
             .item("messageId", s(&provenance.message_id))
             .item("storedAt", n(now_ms()))
-            .condition_expression("attribute_not_exists(ownerPaymentId)")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+            .condition_expression("attribute_not_exists(ownerPaymentId)");
         if let Some(reference) = &payment.reference {
             request = request.item("reference", s(reference));
         }
@@ -108,19 +97,6 @@ impl PaymentStore for DynamoStore {
             request = request.item("receivedAt", n(at));
         }
         Metrics::incr(&self.writes);
-        match request.send().await {
-            Ok(_) => Ok(Insert::Created),
-            Err(err) => match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
-                    let payload_hash = failed
-                        .item()
-                        .and_then(|item| item.get(PAYLOAD_HASH))
-                        .and_then(|v| v.as_s().ok())
-                        .cloned();
-                    Ok(Insert::Exists { payload_hash })
-                }
-                _ => Err(classify(&err)),
-            },
-        }
+        fleet::dynamodb::put_if_absent(request, PAYLOAD_HASH).await
     }
 }

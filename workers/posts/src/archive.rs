@@ -335,8 +335,12 @@ pub async fn sweep_every(
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(every);
+    // A sweep longer than `every` does not make the next ones run back to back.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Shutdown first: when both are ready, no sweep starts after the signal.
+            biased;
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }

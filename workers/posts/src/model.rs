@@ -88,6 +88,27 @@ pub fn number(item: &Item, name: &str) -> Option<u64> {
     item.get(name)?.as_n().ok()?.parse().ok()
 }
 
+/// The row of `post_id` in `table` (posts, decisions or archive: each keyed by `post_id`),
+/// read consistently.
+///
+/// # Errors
+/// The classified AWS error.
+pub async fn get_post(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    post_id: &str,
+) -> Result<Option<Item>, fleet::AwsError> {
+    Ok(client
+        .get_item()
+        .table_name(table)
+        .key("post_id", s(post_id))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| fleet::classify(&e))?
+        .item)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 use fleet::dynamodb::{cancellation_codes, failed_condition};
 use fleet::{classify, AwsError};
 
-use crate::model::{n, s, Item, APPROVED, PENDING};
+use crate::model::{get_post, n, s, Item, APPROVED, PENDING};
 
 /// A decision to apply to a pending post.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,16 +79,7 @@ impl DynamoDecisionStore {
     }
 
     async fn get(&self, table: &str, post_id: &str) -> Result<Option<Item>, AwsError> {
-        Ok(self
-            .client
-            .get_item()
-            .table_name(table)
-            .key("post_id", s(post_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?
-            .item)
+        get_post(&self.client, table, post_id).await
     }
 }
 

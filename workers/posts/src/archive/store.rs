@@ -4,10 +4,10 @@
 use std::future::Future;
 
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
-use fleet::dynamodb::{cancellation_codes, failed_condition};
+use fleet::dynamodb::{cancellation_codes, condition_met, failed_condition};
 use fleet::{classify, AwsError};
 
-use crate::model::{n, s, Item};
+use crate::model::{get_post, n, s, Item};
 
 /// What became of a move to the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,16 +69,7 @@ impl DynamoArchiveStore {
     }
 
     async fn get(&self, table: &str, post_id: &str) -> Result<Option<Item>, AwsError> {
-        Ok(self
-            .client
-            .get_item()
-            .table_name(table)
-            .key("post_id", s(post_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?
-            .item)
+        get_post(&self.client, table, post_id).await
     }
 }
 
@@ -100,17 +91,7 @@ impl ArchiveStore for DynamoArchiveStore {
             .condition_expression("attribute_not_exists(post_id)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(classify(&err)),
-        }
+        condition_met(result)
     }
 
     async fn move_to_archive(

@@ -4,10 +4,10 @@
 use std::future::Future;
 
 use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
-use fleet::dynamodb::{cancellation_codes, failed_condition};
+use fleet::dynamodb::{cancellation_codes, condition_met, failed_condition};
 use fleet::{classify, AwsError};
 
-use crate::model::{n, number, s, Item, PostRequest, PENDING, POST_LIFETIME_SECS};
+use crate::model::{get_post, n, number, s, Item, PostRequest, PENDING, POST_LIFETIME_SECS};
 
 /// A post to create as `PENDING`.
 #[derive(Debug, Clone, Copy)]
@@ -86,16 +86,7 @@ impl DynamoIntakeStore {
 
 impl IntakeStore for DynamoIntakeStore {
     async fn approval_requested(&self, post_id: &str) -> Result<Option<bool>, AwsError> {
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.posts_table)
-            .key("post_id", s(post_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?
-            .item;
+        let item = get_post(&self.client, &self.posts_table, post_id).await?;
         Ok(item.map(|post| number(&post, REQUESTED_AT).is_some()))
     }
 
@@ -168,16 +159,6 @@ impl IntakeStore for DynamoIntakeStore {
             .expression_attribute_values(":now", n(at_ms))
             .send()
             .await;
-        match marked {
-            Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(classify(&err)),
-        }
+        condition_met(marked)
     }
 }
