@@ -82,9 +82,28 @@ pub const LEGACY: [(&str, &str); 10] = [
     ("malformed-command", INVALID_MESSAGE),
 ];
 
+/// The kind for a body serde refused: [`INVALID_JSON`] when it is not JSON at all (a syntax
+/// error, or it ends early), else [`INVALID_MESSAGE`] (JSON of the wrong shape).
+pub fn of_json_error(err: &serde_json::Error) -> &'static str {
+    if err.is_syntax() || err.is_eof() {
+        INVALID_JSON
+    } else {
+        INVALID_MESSAGE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_that_is_not_json_is_told_from_json_of_the_wrong_shape() {
+        let err = |body: &str| serde_json::from_str::<Vec<u8>>(body).unwrap_err();
+        assert_eq!(of_json_error(&err("not json")), INVALID_JSON);
+        assert_eq!(of_json_error(&err("[1,")), INVALID_JSON);
+        assert_eq!(of_json_error(&err(r#"{"a":1}"#)), INVALID_MESSAGE);
+        assert_eq!(of_json_error(&err("[300]")), INVALID_MESSAGE);
+    }
 
     #[test]
     fn the_runbook_lists_every_kind_and_every_former_one() {

@@ -104,10 +104,7 @@ impl<S: NoteStore> Handler for NotesHandler<S> {
         }
         let body: Body = match serde_json::from_str(&message.body) {
             Ok(body) => body,
-            Err(err) if err.is_syntax() || err.is_eof() => {
-                return Outcome::permanent(kind::INVALID_JSON, err.to_string())
-            }
-            Err(err) => return Outcome::permanent(kind::INVALID_MESSAGE, err.to_string()),
+            Err(err) => return Outcome::permanent(kind::of_json_error(&err), err.to_string()),
         };
         let note = Note {
             owner: owner.to_owned(),

@@ -47,7 +47,7 @@ use crate::lease::{self, Item, CLAIMED_ELSEWHERE, FREE_OR_MINE};
 use crate::notify::{safe_id, Notification, Notify};
 use crate::order_results::OrderResult;
 use crate::source::{
-    AnySource, Fetch, HttpSource, Readiness, ResultsSource, Simulator, SourceError,
+    AnySource, Fetch, HttpSource, Readiness, ResultsSource, SimulatedSource, SourceError,
 };
 
 /// Command line and environment of the `results-worker` binary.
@@ -153,7 +153,7 @@ impl SourceArgs {
                 self.url.clone().unwrap_or_default(),
                 Duration::from_millis(self.timeout_ms),
             )?),
-            SourceKind::Simulator => AnySource::Simulator(Simulator::new(
+            SourceKind::Simulator => AnySource::Simulated(SimulatedSource::new(
                 self.simulator_seed.unwrap_or_else(|| fastrand::u64(..)),
                 match self.simulator_not_ready_times {
                     Some(n) => Readiness::After(n),
@@ -650,7 +650,7 @@ impl<S: ResultsSource, C: CycleStore, Q: ResultsQueue, N: Notify> Handler
             }
             Err(e) => {
                 return Outcome::permanent(
-                    kind::INVALID_MESSAGE,
+                    kind::of_json_error(&e),
                     format!("not a cycle message: {e}"),
                 )
             }
@@ -1091,15 +1091,18 @@ mod tests {
     #[tokio::test]
     async fn an_invalid_cycle_message_is_permanent() {
         let (handler, _) = handler(Ok(Fetch::NotReady));
-        for body in ["not json", "{}", r#"{"cycle":"../etc"}"#, r#"{"cycle":""}"#] {
+        for (body, expected) in [
+            ("not json", kind::INVALID_JSON),
+            ("{}", kind::INVALID_MESSAGE),
+            (r#"{"cycle":"../etc"}"#, kind::INVALID_MESSAGE),
+            (r#"{"cycle":""}"#, kind::INVALID_MESSAGE),
+        ] {
             let message = Message {
                 body: body.into(),
                 ..fresh()
             };
             match handler.handle(&message).await {
-                Outcome::Permanent(reason) => {
-                    assert_eq!(reason.kind, kind::INVALID_MESSAGE, "{body}")
-                }
+                Outcome::Permanent(reason) => assert_eq!(reason.kind, expected, "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
         }

@@ -234,7 +234,7 @@ impl<S: ResultStore, N: Notify> Handler for OrderResultsHandler<S, N> {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::permanent(
-                    kind::INVALID_MESSAGE,
+                    kind::of_json_error(&e),
                     format!("not an order result: {e}"),
                 )
             }
@@ -489,16 +489,23 @@ mod tests {
     #[tokio::test]
     async fn an_invalid_body_is_permanent_without_a_write_or_a_notification() {
         let (handler, _, sns) = handler();
-        for body in [
-            "not json",
-            r#"{"cycle":"c-1","status":"accepted"}"#,
-            r#"{"cycle":"c-1","record_id":"r-1","status":"maybe"}"#,
-            r#"{"cycle":"../c","record_id":"r-1","status":"rejected"}"#,
+        for (body, expected) in [
+            ("not json", kind::INVALID_JSON),
+            (
+                r#"{"cycle":"c-1","status":"accepted"}"#,
+                kind::INVALID_MESSAGE,
+            ),
+            (
+                r#"{"cycle":"c-1","record_id":"r-1","status":"maybe"}"#,
+                kind::INVALID_MESSAGE,
+            ),
+            (
+                r#"{"cycle":"../c","record_id":"r-1","status":"rejected"}"#,
+                kind::INVALID_MESSAGE,
+            ),
         ] {
             match handler.handle(&delivery(body)).await {
-                Outcome::Permanent(reason) => {
-                    assert_eq!(reason.kind, kind::INVALID_MESSAGE, "{body}")
-                }
+                Outcome::Permanent(reason) => assert_eq!(reason.kind, expected, "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
         }

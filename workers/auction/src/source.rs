@@ -2,7 +2,7 @@
 //!
 //! A source answers, for one cycle, either "not ready yet" (`"results": false`) or the results:
 //! every order's result, accepted or rejected. Two sources ship: [`HttpSource`] (a JSON
-//! endpoint, for real use) and [`Simulator`] (generates results the way the replaced system's
+//! endpoint, for real use) and [`SimulatedSource`] (generates results the way the replaced system's
 //! generator did, seedable for tests). Implement [`ResultsSource`] to plug in another.
 //!
 //! The document both speak:
@@ -190,7 +190,7 @@ pub enum Readiness {
 /// volume. Deterministic for a seed and a cycle, so a cycle asked for again gets the same
 /// results. It counts the fetches of each cycle (in memory).
 #[derive(Debug)]
-pub struct Simulator {
+pub struct SimulatedSource {
     seed: u64,
     readiness: Readiness,
     orders: usize,
@@ -204,7 +204,7 @@ const REJECTIONS: &[&str] = &[
     "submitted after the gate closure",
 ];
 
-impl Simulator {
+impl SimulatedSource {
     /// A simulator with its seed, readiness rule, `orders` per cycle and share of rejections.
     pub fn new(seed: u64, readiness: Readiness, orders: usize, reject_ratio: f64) -> Self {
         Self {
@@ -250,7 +250,7 @@ impl Simulator {
     }
 }
 
-impl ResultsSource for Simulator {
+impl ResultsSource for SimulatedSource {
     async fn fetch(&self, cycle: &str) -> Result<Fetch, SourceError> {
         let fetch = {
             let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,14 +269,14 @@ pub enum AnySource {
     /// An HTTP endpoint.
     Http(HttpSource),
     /// The simulator.
-    Simulator(Simulator),
+    Simulated(SimulatedSource),
 }
 
 impl ResultsSource for AnySource {
     async fn fetch(&self, cycle: &str) -> Result<Fetch, SourceError> {
         match self {
             Self::Http(s) => s.fetch(cycle).await,
-            Self::Simulator(s) => s.fetch(cycle).await,
+            Self::Simulated(s) => s.fetch(cycle).await,
         }
     }
 }
@@ -328,7 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_simulator_is_ready_after_n_fetches_and_repeats_itself() {
-        let sim = Simulator::new(7, Readiness::After(3), 25, 0.3);
+        let sim = SimulatedSource::new(7, Readiness::After(3), 25, 0.3);
         for _ in 0..3 {
             assert_eq!(sim.fetch("c-1").await, Ok(Fetch::NotReady));
         }
@@ -350,13 +350,13 @@ mod tests {
             Ok(Fetch::NotReady),
             "counted per cycle"
         );
-        let other_seed = Simulator::new(8, Readiness::After(0), 25, 0.3);
+        let other_seed = SimulatedSource::new(8, Readiness::After(0), 25, 0.3);
         assert_ne!(ready(other_seed.fetch("c-1").await.unwrap()), first);
     }
 
     #[test]
     fn random_readiness_follows_its_probability() {
-        let sim = Simulator::new(1, Readiness::Random(0.25), 1, 0.0);
+        let sim = SimulatedSource::new(1, Readiness::Random(0.25), 1, 0.0);
         let ready = (1..=2000)
             .filter(|n| sim.document("c", *n)["results"] == json!(true))
             .count();

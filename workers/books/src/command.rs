@@ -1,7 +1,7 @@
 //! A book command as the gateway queues it: attributes say what to do to which book, the body
 //! is the client's JSON, byte for byte.
 
-use fleet::Message;
+use fleet::{kind, Message};
 use serde::Deserialize;
 
 /// The gateway attributes naming the caller (docs/security.md), defined by the engine.
@@ -93,10 +93,25 @@ pub struct Command {
     pub payload_hash: String,
 }
 
-/// A message that is not a command the gateway could have sent: a fault upstream, for the DLQ.
+/// A message that is not a command the gateway could have sent: a fault upstream, for the DLQ
+/// with its kind (`fleet::kind`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Malformed(pub String);
+#[error("{message}")]
+pub struct Malformed {
+    /// `missing-attribute`, `invalid-json` or `invalid-message`.
+    pub kind: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Malformed {
+    fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
 
 /// A book as it is now: what explains a refused command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,31 +142,51 @@ impl Command {
             message
                 .attribute(name)
                 .filter(|v| !v.is_empty())
-                .ok_or_else(|| Malformed(format!("message attribute {name} is missing")))
+                .ok_or_else(|| {
+                    Malformed::new(
+                        kind::MISSING_ATTRIBUTE,
+                        format!("message attribute {name} is missing"),
+                    )
+                })
         };
         let kind = match required(ATTR_COMMAND)? {
             "CREATE" => Kind::Create,
             "UPDATE" => Kind::Update,
             "DELETE" => Kind::Delete,
-            other => return Err(Malformed(format!("unknown command {other:?}"))),
+            other => {
+                return Err(Malformed::new(
+                    kind::INVALID_MESSAGE,
+                    format!("unknown command {other:?}"),
+                ))
+            }
         };
         let if_match = message
             .attribute(ATTR_IF_MATCH)
             .filter(|v| !v.is_empty())
             .map(|v| {
-                v.trim_matches('"')
-                    .parse::<u64>()
-                    .map_err(|_| Malformed(format!("If-Match {v:?} is not a version")))
+                v.trim_matches('"').parse::<u64>().map_err(|_| {
+                    Malformed::new(
+                        kind::INVALID_MESSAGE,
+                        format!("If-Match {v:?} is not a version"),
+                    )
+                })
             })
             .transpose()?;
         if kind == Kind::Update && if_match.is_none() {
-            return Err(Malformed("an update without If-Match".into()));
+            return Err(Malformed::new(
+                kind::MISSING_ATTRIBUTE,
+                "an update without If-Match",
+            ));
         }
         let book = match kind {
             Kind::Delete => None,
             Kind::Create | Kind::Update => {
-                let mut book: Book = fleet::json::from_body(&message.body)
-                    .map_err(|e| Malformed(format!("the body is not a book: {e}")))?;
+                let mut book: Book = fleet::json::from_body(&message.body).map_err(|e| {
+                    Malformed::new(
+                        kind::of_json_error(&e),
+                        format!("the body is not a book: {e}"),
+                    )
+                })?;
                 book.isbn = book
                     .isbn
                     .chars()
@@ -159,7 +194,10 @@ impl Command {
                     .map(|c| c.to_ascii_uppercase())
                     .collect();
                 if book.title.trim().is_empty() || book.author.trim().is_empty() {
-                    return Err(Malformed("a book needs a title and an author".into()));
+                    return Err(Malformed::new(
+                        kind::INVALID_MESSAGE,
+                        "a book needs a title and an author",
+                    ));
                 }
                 Some(book)
             }
@@ -169,7 +207,12 @@ impl Command {
         // Who may do this is part of the command: without a sender it cannot be authorised.
         let owner = required(ATTR_OWNER_ID)
             .or_else(|_| required(ATTR_API_KEY_ID))
-            .map_err(|_| Malformed(format!("message attribute {ATTR_OWNER_ID} is missing")))?
+            .map_err(|_| {
+                Malformed::new(
+                    kind::MISSING_ATTRIBUTE,
+                    format!("message attribute {ATTR_OWNER_ID} is missing"),
+                )
+            })?
             .to_owned();
         let payload_hash = payload_hash(kind, &book_id, if_match, book.as_ref());
         Ok(Self {
@@ -465,7 +508,8 @@ pub(crate) mod tests {
             "{}",
         );
         let err = Command::from_message(&nobody).unwrap_err();
-        assert!(err.0.contains(ATTR_OWNER_ID), "{err}");
+        assert!(err.message.contains(ATTR_OWNER_ID), "{err}");
+        assert_eq!(err.kind, kind::MISSING_ATTRIBUTE);
     }
 
     #[test]

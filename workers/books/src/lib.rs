@@ -115,7 +115,7 @@ impl<S: BookStore> Handler for BooksHandler<S> {
     async fn handle(&self, message: &Message) -> Outcome {
         let command = match Command::from_message(message) {
             Ok(command) => command,
-            Err(malformed) => return Outcome::permanent(kind::INVALID_MESSAGE, malformed.0),
+            Err(malformed) => return Outcome::permanent(malformed.kind, malformed.message),
         };
         if let Err(rejection) = command.check() {
             return self.reject(&command, rejection).await;
@@ -325,6 +325,8 @@ mod tests {
     async fn malformed_messages_are_dead_lettered_and_store_errors_keep_their_class() {
         let h = handler();
         let outcome = h.handle(&command("CREATE", None, "not json")).await;
+        assert!(matches!(&outcome, Outcome::Permanent(r) if r.kind == kind::INVALID_JSON));
+        let outcome = h.handle(&command("CREATE", None, r#"{"isbn":1}"#)).await;
         assert!(matches!(&outcome, Outcome::Permanent(r) if r.kind == kind::INVALID_MESSAGE));
         *h.store.fail.lock().unwrap() = Some(AwsError {
             class: ErrorClass::Retryable,

@@ -89,7 +89,7 @@ impl<S: OrderStore> Handler for OrdersHandler<S> {
     async fn handle(&self, message: &Message) -> Outcome {
         let orders = match parse_batch(&message.body) {
             Ok(orders) => orders,
-            Err(why) => return Outcome::permanent(kind::INVALID_MESSAGE, why),
+            Err(reason) => return Outcome::Permanent(reason),
         };
         let owner = owner_of(message);
         if owner.contains('#') {
@@ -263,8 +263,11 @@ mod tests {
     #[tokio::test]
     async fn invalid_batches_are_permanent_without_a_write() {
         let handler = handler();
+        assert_eq!(
+            kind_of(handler.handle(&batch("o-1", "not json")).await),
+            kind::INVALID_JSON
+        );
         for body in [
-            "not json",
             "[]",
             r#"{"record_id":"r1"}"#,
             r#"[{"record_id":"r1","parameter_1":"a","parameter_2":"2"}]"#,

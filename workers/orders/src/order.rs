@@ -2,6 +2,7 @@
 //! with its numbers kept exact.
 
 use fleet::json::Decimal;
+use fleet::{kind, Reason};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -37,20 +38,26 @@ impl Order {
 ///
 /// # Errors
 /// A message that is not such a batch (permanent: retrying cannot fix it).
-pub fn parse_batch(body: &str) -> Result<Vec<Order>, String> {
-    let records: Vec<RawRecord> =
-        fleet::json::from_body(body).map_err(|e| format!("not an order batch: {e}"))?;
+pub fn parse_batch(body: &str) -> Result<Vec<Order>, Reason> {
+    let records: Vec<RawRecord> = fleet::json::from_body(body)
+        .map_err(|e| Reason::new(kind::of_json_error(&e), format!("not an order batch: {e}")))?;
     if records.is_empty() || records.len() > 100 {
-        return Err(format!("{} records: a batch has 1 to 100", records.len()));
+        return Err(Reason::new(
+            kind::INVALID_MESSAGE,
+            format!("{} records: a batch has 1 to 100", records.len()),
+        ));
     }
     records
         .into_iter()
         .map(|r| {
             let parameter_2 = Decimal::parse(r.parameter_2.get()).ok_or_else(|| {
-                format!(
-                    "record {}: parameter_2 {} is not a number",
-                    r.record_id,
-                    r.parameter_2.get()
+                Reason::new(
+                    kind::INVALID_MESSAGE,
+                    format!(
+                        "record {}: parameter_2 {} is not a number",
+                        r.record_id,
+                        r.parameter_2.get()
+                    ),
                 )
             })?;
             Ok(Order {

@@ -98,14 +98,14 @@ impl FromStr for Policy {
 
 /// The simulator's handler, answering through any [`ApprovalResponses`].
 #[derive(Debug)]
-pub struct Simulator<R> {
+pub struct ApprovalSimulator<R> {
     responses: R,
     policy: Policy,
     delay_secs: i32,
     rng: Mutex<fastrand::Rng>,
 }
 
-impl<R: ApprovalResponses> Simulator<R> {
+impl<R: ApprovalResponses> ApprovalSimulator<R> {
     /// Answers on `responses`, `delay_secs` (0..=900) after each request.
     pub fn new(responses: R, policy: Policy, delay_secs: i32) -> Self {
         let seed = match policy {
@@ -142,7 +142,7 @@ impl<R: ApprovalResponses> Simulator<R> {
     }
 }
 
-impl<R: ApprovalResponses> Handler for Simulator<R> {
+impl<R: ApprovalResponses> Handler for ApprovalSimulator<R> {
     async fn handle(&self, message: &Message) -> Outcome {
         let request: ApprovalRequest = match serde_json::from_str(&message.body) {
             Ok(r) => r,
@@ -199,8 +199,8 @@ mod tests {
         }
     }
 
-    fn simulator(policy: &str) -> Simulator<FakeResponses> {
-        Simulator::new(FakeResponses::default(), policy.parse().unwrap(), 0)
+    fn simulator(policy: &str) -> ApprovalSimulator<FakeResponses> {
+        ApprovalSimulator::new(FakeResponses::default(), policy.parse().unwrap(), 0)
     }
 
     #[test]
@@ -249,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_is_answered_by_the_policy_after_the_delay() {
-        let s = Simulator::new(
+        let s = ApprovalSimulator::new(
             FakeResponses::default(),
             "reject-words:spam".parse().unwrap(),
             7,

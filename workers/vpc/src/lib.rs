@@ -343,14 +343,17 @@ impl<S: RequestStore, E: Ec2Api> Handler for VpcHandler<S, E> {
         let envelope = message.envelope();
         let (Some(request_id), Some(client)) = (envelope.request_id, envelope.owner) else {
             return Outcome::permanent(
-                kind::INVALID_MESSAGE,
+                kind::MISSING_ATTRIBUTE,
                 "requestId and ownerId (or apiKeyId) attributes are required (the gateway sets them)",
             );
         };
         let request: VpcRequest = match fleet::json::from_body(&message.body) {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::permanent(kind::INVALID_MESSAGE, format!("not a VPC request: {e}"))
+                return Outcome::permanent(
+                    kind::of_json_error(&e),
+                    format!("not a VPC request: {e}"),
+                )
             }
         };
         let hash = sha256_hex(request.canonical().as_bytes());
@@ -901,22 +904,21 @@ mod tests {
     #[tokio::test]
     async fn an_invalid_message_is_permanent_without_a_record() {
         let handler = handler();
-        for body in [
-            "{not json",
-            r#"{"vpc":{"cidr":"10.0.0.0/16"},"subnets":[],"extra":1}"#,
-            r#"{"vpc":{},"subnets":[]}"#,
+        for (body, expected) in [
+            ("{not json", kind::INVALID_JSON),
+            (
+                r#"{"vpc":{"cidr":"10.0.0.0/16"},"subnets":[],"extra":1}"#,
+                kind::INVALID_MESSAGE,
+            ),
+            (r#"{"vpc":{},"subnets":[]}"#, kind::INVALID_MESSAGE),
         ] {
             let outcome = handler.handle(&delivery(body, 1)).await;
-            assert_eq!(
-                kind_of(&outcome),
-                ("permanent", kind::INVALID_MESSAGE),
-                "{body}"
-            );
+            assert_eq!(kind_of(&outcome), ("permanent", expected), "{body}");
         }
         let mut anonymous = delivery(BODY, 1);
         anonymous.attributes.remove(ATTR_OWNER_ID);
         let outcome = handler.handle(&anonymous).await;
-        assert_eq!(kind_of(&outcome), ("permanent", kind::INVALID_MESSAGE));
+        assert_eq!(kind_of(&outcome), ("permanent", kind::MISSING_ATTRIBUTE));
         assert!(handler.store.rows.lock().unwrap().is_empty());
     }
 

@@ -4,7 +4,7 @@
 use clap::Parser;
 use fleet::worker::Setup;
 use posts::approval_queues::SqsApprovalResponses;
-use posts::simulator::{Config, Simulator};
+use posts::simulator::{ApprovalSimulator, Config};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
         |Setup { sdk, .. }| async move {
             let responses =
                 SqsApprovalResponses::new(fleet::aws::sqs_client(&sdk), c.responses_queue_url);
-            Simulator::new(responses, c.policy, c.delay_secs)
+            ApprovalSimulator::new(responses, c.policy, c.delay_secs)
         },
     )?;
     Ok(())
