@@ -35,7 +35,7 @@ impl Floor {
 }
 
 /// CPU (user + system) of this thread, in ms.
-fn thread_cpu_ms() -> Result<f64> {
+pub(crate) fn thread_cpu_ms() -> Result<f64> {
     Ok(super::stat_cpu_ms("/proc/thread-self/stat")? as f64)
 }
 

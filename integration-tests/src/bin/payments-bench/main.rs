@@ -6,10 +6,13 @@
 //! new payment. LocalStack (one Python core) is the ceiling for the drain rate on one machine,
 //! so the worker is judged by its own CPU and memory; LocalStack's CPU is printed beside it.
 //!
-//! It also measures the SDK's own floor in the same run ([`floor`]): a payment's PutItem and its
-//! share of a receive and a delete batch through the worker's own client configuration,
-//! against a local peer that answers at once. The worker's CPU per message over that floor is
-//! the engine's overhead ratio, the figure to hold near 1.
+//! Two yardsticks are measured in the same run. The hand-written SDK loop ([`naive`]) drains as
+//! many payments again from the same LocalStack with none of the engine's safety: the worker's
+//! CPU per message over the loop's is the engine's overhead, the figure to hold near 1. The
+//! SDK's own floor ([`floor`]) is a payment's PutItem and its share of a receive and a delete
+//! batch through the worker's own client configuration, against a local peer that answers at
+//! once: the least a payment can cost, which neither the worker nor the loop reaches against
+//! LocalStack, whose slow answers wake them once per answer with cold caches.
 //!
 //! The connections matter: LocalStack behind hypercorn closes every connection that does not
 //! ask for keep-alive, and a new connection per call doubles a client's CPU. The worker asks
@@ -22,6 +25,7 @@
 //! Run with `scripts/bench` (release build); `--help` lists the options.
 
 mod floor;
+mod naive;
 mod outage;
 mod scaler;
 
@@ -53,6 +57,10 @@ struct Args {
     /// skips it).
     #[arg(long, default_value_t = 5000)]
     floor_calls: usize,
+    /// Payments for the hand-written SDK loop that yardsticks the worker on the same
+    /// LocalStack (default: N; 0 skips it).
+    #[arg(long)]
+    naive_n: Option<usize>,
     /// Cut DynamoDB for this many seconds mid-drain and report the outage (0: no outage).
     #[arg(long, default_value_t = 0)]
     outage_secs: u64,
@@ -105,19 +113,7 @@ async fn main() -> Result<()> {
     let stack = Stack::provision().await?;
     let queue = stack.queue("payments").clone();
 
-    eprintln!("enqueueing {} payments", args.n);
-    let all = payments("bench", args.n);
-    let per_sender = args.n.div_ceil(args.senders).max(1);
-    let mut senders = tokio::task::JoinSet::new();
-    for chunk in all.chunks(per_sender) {
-        let chunk = chunk.to_vec();
-        let sqs = stack.sqs.clone();
-        let url = queue.url.clone();
-        senders.spawn(async move { send_payments(&sqs, &url, &chunk).await });
-    }
-    while let Some(sent) = senders.join_next().await {
-        sent??;
-    }
+    enqueue(&stack, &queue.url, "bench", args.n, args.senders).await?;
 
     if args.outage_secs > 0 {
         return outage::run(&args, &stack, &queue).await;
@@ -176,6 +172,18 @@ async fn main() -> Result<()> {
     } else {
         None
     };
+    let naive_n = args.naive_n.unwrap_or(args.n);
+    let naive = if naive_n > 0 {
+        enqueue(&stack, &queue.url, "naive", naive_n, args.senders).await?;
+        eprintln!("draining with the hand-written SDK loop");
+        let (url, table) = (queue.url.clone(), stack.table("payments").to_owned());
+        let in_flight = args.max_concurrency as usize;
+        let measured =
+            tokio::task::spawn_blocking(move || naive::measure(url, table, naive_n, in_flight));
+        Some(measured.await??)
+    } else {
+        None
+    };
     let worker_us_per_msg = worker_cpu as f64 * 1000.0 / args.n as f64;
     let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
     let report = serde_json::json!({
@@ -184,6 +192,10 @@ async fn main() -> Result<()> {
         "drain_rate_msgs_per_s": (args.n as f64 / drain_secs * 10.0).round() / 10.0,
         "drain_secs": (drain_secs * 100.0).round() / 100.0,
         "worker_cpu_ms_per_1000": round(worker_us_per_msg, 1),
+        "sdk_floor_cpu_ms_per_1000": floor.map(|f| round(f.per_message_us(), 1)),
+        "naive_loop_cpu_ms_per_1000": naive.map(|l| round(l.cpu_us_per_msg, 1)),
+        "worker_over_naive_loop": naive.map(|l| round(worker_us_per_msg / l.cpu_us_per_msg, 2)),
+        "naive_loop_drain_rate_msgs_per_s": naive.map(|l| round(l.rate, 1)),
         "sdk_floor_cpu_ms_per_1000": floor.map(|f| round(f.per_message_us(), 1)),
         "worker_over_sdk_floor": floor.map(|f| round(worker_us_per_msg / f.per_message_us(), 2)),
         "worker_peak_rss_mb": (rss_kib as f64 / 1024.0 * 10.0).round() / 10.0,
@@ -200,7 +212,10 @@ async fn main() -> Result<()> {
         "max_concurrency": args.max_concurrency,
         "wake_coalesce_ms": args.wake_coalesce_ms,
         "worker_threads": args.worker_threads,
-        "connection": "keep-alive (the worker sends Connection: keep-alive on plain HTTP; LocalStack behind hypercorn)",
+        "connection": format!(
+            "keep-alive (the worker sends Connection: keep-alive on plain HTTP; LocalStack behind {})",
+            std::env::var("GATEWAY_SERVER").unwrap_or_else(|_| "hypercorn".into())
+        ),
     });
     print_report(
         &args,
@@ -209,6 +224,28 @@ async fn main() -> Result<()> {
     );
     if rows != args.n {
         bail!("{rows} rows stored for {} payments", args.n);
+    }
+    let all_rows = stack.count_rows(stack.table("payments")).await?;
+    if all_rows != args.n + naive_n {
+        bail!("{all_rows} rows stored for {} payments", args.n + naive_n);
+    }
+    Ok(())
+}
+
+/// Enqueues `n` payments tagged `tag` with `senders` concurrent senders.
+async fn enqueue(stack: &Stack, url: &str, tag: &str, n: usize, senders: usize) -> Result<()> {
+    eprintln!("enqueueing {n} payments");
+    let all = payments(tag, n);
+    let per_sender = n.div_ceil(senders).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in all.chunks(per_sender) {
+        let chunk = chunk.to_vec();
+        let sqs = stack.sqs.clone();
+        let url = url.to_owned();
+        tasks.spawn(async move { send_payments(&sqs, &url, &chunk).await });
+    }
+    while let Some(sent) = tasks.join_next().await {
+        sent??;
     }
     Ok(())
 }
