@@ -42,7 +42,10 @@ pub async fn send_payments_with(
                     .id(i.to_string())
                     .message_body(body)
                     .message_attributes("paymentId", string_attr(id))
-                    .message_attributes("requestId", string_attr(&format!("direct-{id}")));
+                    .message_attributes(
+                        fleet::gateway::ATTR_REQUEST_ID,
+                        string_attr(&format!("direct-{id}")),
+                    );
                 for (name, value) in extra {
                     entry = entry.message_attributes(*name, string_attr(value));
                 }

@@ -331,8 +331,8 @@ async fn a_duplicate_command_is_applied_once_and_a_reused_key_is_dead_lettered()
         .message_body(book("Solaris", "Stanislaw Lem").to_string())
         .message_attributes("command", string_attr("CREATE"))
         .message_attributes("bookId", string_attr(&id))
-        .message_attributes("requestId", string_attr(&request))
-        .message_attributes("ownerId", string_attr(&owner))
+        .message_attributes(fleet::gateway::ATTR_REQUEST_ID, string_attr(&request))
+        .message_attributes(fleet::gateway::ATTR_OWNER_ID, string_attr(&owner))
         .send()
         .await?;
     worker

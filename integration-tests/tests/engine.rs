@@ -428,7 +428,7 @@ async fn a_requests_id_and_trace_follow_it_into_the_workers_log() -> Result<()> 
         .queue_url(queue)
         .message_body(payment_body("user-2", "3"))
         .message_attributes("paymentId", string_attr("follow-2"))
-        .message_attributes("requestId", string_attr("req-follow-2"))
+        .message_attributes(fleet::gateway::ATTR_REQUEST_ID, string_attr("req-follow-2"))
         .message_system_attributes(
             MessageSystemAttributeNameForSends::AwsTraceHeader,
             MessageSystemAttributeValue::builder()

@@ -371,7 +371,10 @@ async fn dead_letter(
                     .id(i.to_string())
                     .message_body(body)
                     .message_attributes("paymentId", string_attr(id))
-                    .message_attributes("requestId", string_attr(&format!("direct-{id}")))
+                    .message_attributes(
+                        fleet::gateway::ATTR_REQUEST_ID,
+                        string_attr(&format!("direct-{id}")),
+                    )
                     .message_attributes(
                         "blob",
                         MessageAttributeValue::builder()

@@ -150,10 +150,10 @@ async fn a_redelivered_batch_writes_nothing_and_a_conflicting_record_is_dead_let
             .queue_url(&queue.url)
             .message_body(body)
             .message_attributes(
-                "receivedAt",
+                fleet::gateway::ATTR_RECEIVED_AT,
                 string_attr(&fleet::util::now_ms().to_string()),
             )
-            .message_attributes("ownerId", string_attr(&owner))
+            .message_attributes(fleet::gateway::ATTR_OWNER_ID, string_attr(&owner))
             .send()
     };
     send(r#"[{"record_id":"d-1","parameter_1":"x","parameter_2":3.0}]"#).await?;

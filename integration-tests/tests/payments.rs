@@ -274,17 +274,20 @@ async fn special_characters_arrive_byte_identical() -> Result<()> {
     );
     let attrs = message.message_attributes().expect("attributes");
     assert_eq!(attrs["paymentId"].string_value(), Some("pay-special"));
-    assert!(attrs["requestId"]
+    assert!(attrs[fleet::gateway::ATTR_REQUEST_ID]
         .string_value()
         .is_some_and(|v| !v.is_empty()));
     let (key_id, _) = api_key_ids(&stack).await?;
-    assert_eq!(attrs["apiKeyId"].string_value(), Some(key_id.as_str()));
     assert_eq!(
-        attrs["ownerId"].string_value(),
+        attrs[fleet::gateway::ATTR_API_KEY_ID].string_value(),
+        Some(key_id.as_str())
+    );
+    assert_eq!(
+        attrs[fleet::gateway::ATTR_OWNER_ID].string_value(),
         Some(key_id.as_str()),
         "the owner: the API key id without Cognito"
     );
-    assert!(attrs["receivedAt"]
+    assert!(attrs[fleet::gateway::ATTR_RECEIVED_AT]
         .string_value()
         .is_some_and(|v| v.parse::<u64>().is_ok()));
 

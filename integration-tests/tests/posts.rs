@@ -146,7 +146,7 @@ async fn redeliveries_and_repeated_responses_give_one_request_and_one_decision()
             .message_body(post("Twice").to_string())
             .message_attributes("postId", string_attr(id))
             .message_attributes(
-                "receivedAt",
+                fleet::gateway::ATTR_RECEIVED_AT,
                 string_attr(&fleet::util::now_ms().to_string()),
             )
             .send()

@@ -390,9 +390,12 @@ async fn duplicates_received_by_two_workers_at_once_make_one_vpc() -> Result<()>
             .send_message()
             .queue_url(&queue)
             .message_body(two_subnets(20).to_string())
-            .message_attributes("requestId", attr(request_id, "String"))
-            .message_attributes("apiKeyId", attr("client", "String"))
-            .message_attributes("receivedAt", attr("1795390000000", "Number"))
+            .message_attributes(fleet::gateway::ATTR_REQUEST_ID, attr(request_id, "String"))
+            .message_attributes(fleet::gateway::ATTR_API_KEY_ID, attr("client", "String"))
+            .message_attributes(
+                fleet::gateway::ATTR_RECEIVED_AT,
+                attr("1795390000000", "Number"),
+            )
             .send()
             .await?;
     }
@@ -828,9 +831,12 @@ async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() ->
         .send_message()
         .queue_url(&stack.queue("vpc-requests").url)
         .message_body(two_subnets(60).to_string())
-        .message_attributes("requestId", attr(&request_id, "String"))
-        .message_attributes("ownerId", attr(&client, "String"))
-        .message_attributes("receivedAt", attr(&created_ms.to_string(), "Number"))
+        .message_attributes(fleet::gateway::ATTR_REQUEST_ID, attr(&request_id, "String"))
+        .message_attributes(fleet::gateway::ATTR_OWNER_ID, attr(&client, "String"))
+        .message_attributes(
+            fleet::gateway::ATTR_RECEIVED_AT,
+            attr(&created_ms.to_string(), "Number"),
+        )
         .send()
         .await?;
     assert!(
@@ -919,9 +925,12 @@ async fn an_expired_request_reads_as_absent_and_its_key_makes_a_new_request() ->
         .send_message()
         .queue_url(&stack.queue("vpc-requests").url)
         .message_body(two_subnets(60).to_string())
-        .message_attributes("requestId", attr(&request_id, "String"))
-        .message_attributes("ownerId", attr(&client, "String"))
-        .message_attributes("receivedAt", attr(&created_ms.to_string(), "Number"))
+        .message_attributes(fleet::gateway::ATTR_REQUEST_ID, attr(&request_id, "String"))
+        .message_attributes(fleet::gateway::ATTR_OWNER_ID, attr(&client, "String"))
+        .message_attributes(
+            fleet::gateway::ATTR_RECEIVED_AT,
+            attr(&created_ms.to_string(), "Number"),
+        )
         .send()
         .await?;
     assert!(
