@@ -16,6 +16,9 @@ use payments_worker::store::{DynamoStore, PaymentStore, Provenance};
 /// Messages per receive and per delete batch (SQS's maximum, the engine's batch).
 const BATCH: usize = 10;
 
+/// The queue URL the floor's SQS calls name (the peer answers whatever they name).
+const PEER_QUEUE: &str = "http://floor/000000000000/floor";
+
 /// The floor's figures, in µs of CPU.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Floor {
@@ -130,38 +133,39 @@ fn serve(listener: std::net::TcpListener) -> Result<()> {
     Ok(())
 }
 
-/// Measures the floor on a single-threaded runtime (as the worker runs): `calls` PutItems
-/// `in_flight` at a time, and `calls / 10` receives and delete batches. The peer's own work runs
-/// on other threads; the kernel's loopback delivery is charged to the sender, as it is with
-/// LocalStack.
-pub(crate) fn measure(calls: usize, in_flight: usize) -> Result<Floor> {
+/// Measures the floor (on a single-threaded runtime of its own, as the worker runs: see
+/// [`crate::on_own_thread`]): `calls` PutItems `in_flight` at a time, and `calls / 10` receives
+/// and delete batches. The peer's own work runs on other threads; the kernel's loopback
+/// delivery is charged to the sender, as it is with LocalStack.
+pub(crate) async fn measure(calls: usize, in_flight: usize) -> Result<Floor> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}", listener.local_addr()?);
     serve(listener)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        // The worker's client configurations, pointed at the peer: the endpoint is set on the
-        // service's builder, where AWS_ENDPOINT_URL cannot win.
-        let sdk = fleet::aws::load_config().await;
-        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-            fleet::dynamodb::config(&sdk)
-                .endpoint_url(url.clone())
-                .build(),
-        );
-        let sqs =
-            aws_sdk_sqs::Client::from_conf(fleet::aws::sqs_config(&sdk).endpoint_url(url).build());
-        let put_item_us = put_items(dynamodb, calls, in_flight).await?;
-        let batches = (calls / BATCH).max(1);
-        let receive_us = per_call(batches, in_flight / BATCH, || receive(sqs.clone())).await?;
-        let delete_batch_us =
-            per_call(batches, in_flight / BATCH, || delete_batch(sqs.clone())).await?;
-        Ok(Floor {
-            put_item_us,
-            receive_us,
-            delete_batch_us,
-        })
+    // The worker's client configurations, pointed at the peer: the endpoint is set on the
+    // service's builder, where AWS_ENDPOINT_URL cannot win.
+    let sdk = fleet::aws::load_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        fleet::dynamodb::config(&sdk)
+            .endpoint_url(url.clone())
+            .build(),
+    );
+    let sqs =
+        aws_sdk_sqs::Client::from_conf(fleet::aws::sqs_config(&sdk).endpoint_url(url).build());
+    let put_item_us = put_items(dynamodb, calls, in_flight).await?;
+    let batches = (calls / BATCH).max(1);
+    let receive_us = per_call(batches, in_flight / BATCH, || receive(sqs.clone())).await?;
+    let handles: Vec<String> = (0..BATCH)
+        .map(|i| format!("{}{i}", "r".repeat(180)))
+        .collect();
+    let delete_batch_us = per_call(batches, in_flight / BATCH, || {
+        let (sqs, handles) = (sqs.clone(), handles.clone());
+        async move { delete_batch(&sqs, PEER_QUEUE, handles).await }
+    })
+    .await?;
+    Ok(Floor {
+        put_item_us,
+        receive_us,
+        delete_batch_us,
     })
 }
 
@@ -170,7 +174,7 @@ async fn receive(sqs: aws_sdk_sqs::Client) -> Result<()> {
     use aws_sdk_sqs::types::MessageSystemAttributeName as Name;
     let output = sqs
         .receive_message()
-        .queue_url("http://floor/000000000000/floor")
+        .queue_url(PEER_QUEUE)
         .max_number_of_messages(BATCH as i32)
         .wait_time_seconds(20)
         .message_system_attribute_names(Name::ApproximateReceiveCount)
@@ -185,21 +189,33 @@ async fn receive(sqs: aws_sdk_sqs::Client) -> Result<()> {
     Ok(())
 }
 
-/// One delete batch of 10 entries.
-async fn delete_batch(sqs: aws_sdk_sqs::Client) -> Result<()> {
-    let entries = (0..BATCH)
-        .map(|i| {
+/// One delete batch of the messages behind `handles` (at most 10): a failed entry is an error.
+pub(crate) async fn delete_batch(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    handles: Vec<String>,
+) -> Result<()> {
+    let entries = handles
+        .into_iter()
+        .enumerate()
+        .map(|(i, handle)| {
             aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
                 .id(i.to_string())
-                .receipt_handle(format!("{}{i}", "r".repeat(180)))
+                .receipt_handle(handle)
                 .build()
         })
         .collect::<Result<Vec<_>, _>>()?;
-    sqs.delete_message_batch()
-        .queue_url("http://floor/000000000000/floor")
+    let deleted = sqs
+        .delete_message_batch()
+        .queue_url(url)
         .set_entries(Some(entries))
         .send()
         .await?;
+    anyhow::ensure!(
+        deleted.failed.is_empty(),
+        "delete failed: {:?}",
+        deleted.failed
+    );
     Ok(())
 }
 

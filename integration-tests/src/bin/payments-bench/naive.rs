@@ -12,9 +12,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use payments_worker::payment::Payment;
+use anyhow::{Context, Result};
+use payments_worker::payment::{Payment, ATTR_PAYMENT_ID};
 use payments_worker::store::{DynamoStore, PaymentStore, Provenance};
 
 /// What the loop cost.
@@ -26,26 +25,15 @@ pub(crate) struct NaiveLoop {
     pub rate: f64,
 }
 
-/// Drains `n` payments from `queue_url` into `table` with `in_flight / 10` pollers, on a
-/// thread and runtime of its own.
-pub(crate) fn measure(
+/// Drains `n` payments from `queue_url` into `table` with `in_flight / 10` pollers; run it on a
+/// thread and single-threaded runtime of its own ([`crate::on_own_thread`]), whose CPU is its
+/// cost.
+pub(crate) async fn measure(
     queue_url: String,
     table: String,
     n: usize,
     in_flight: usize,
 ) -> Result<NaiveLoop> {
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(drain(queue_url, table, n, in_flight))
-    });
-    thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the naive loop panicked"))?
-}
-
-async fn drain(queue_url: String, table: String, n: usize, in_flight: usize) -> Result<NaiveLoop> {
     // The worker's client configurations (keep-alive on plain HTTP included), from the same
     // environment the worker reads.
     let sdk = fleet::aws::load_config().await;
@@ -94,7 +82,7 @@ async fn poll(sqs: &aws_sdk_sqs::Client, url: &str, store: &Arc<DynamoStore>) ->
     for message in &messages {
         let id = message
             .message_attributes()
-            .and_then(|a| a.get("paymentId"))
+            .and_then(|a| a.get(ATTR_PAYMENT_ID))
             .and_then(|v| v.string_value())
             .context("a payment without paymentId")?;
         let payment = Payment::parse(id, message.body().unwrap_or_default())?;
@@ -113,24 +101,10 @@ async fn poll(sqs: &aws_sdk_sqs::Client, url: &str, store: &Arc<DynamoStore>) ->
     while let Some(write) = writes.join_next().await {
         write??;
     }
-    let entries = messages
+    let handles = messages
         .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .set_receipt_handle(m.receipt_handle().map(str::to_owned))
-                .build()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let deleted = sqs
-        .delete_message_batch()
-        .queue_url(url)
-        .set_entries(Some(entries))
-        .send()
-        .await?;
-    if !deleted.failed.is_empty() {
-        bail!("delete failed: {:?}", deleted.failed);
-    }
+        .filter_map(|m| m.receipt_handle().map(str::to_owned))
+        .collect();
+    super::floor::delete_batch(sqs, url, handles).await?;
     Ok(messages.len())
 }
