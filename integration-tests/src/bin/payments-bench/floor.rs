@@ -4,8 +4,9 @@
 //! `ReceiveMessage` of 10 (with the attributes the engine asks for) and a tenth of a
 //! `DeleteMessageBatch` of 10, each through the client configuration the worker uses, against a
 //! local HTTP peer that answers at once on kept-alive connections. That is the least CPU a
-//! payment can cost through the SDK on this machine, whatever the engine does around it; the
-//! worker's CPU per message divided by it is the engine's overhead ratio.
+//! payment can cost through the SDK on this machine, whatever the engine does around it: a lower
+//! bound that neither the worker nor the hand-written loop ([`crate::naive`]) reaches against
+//! LocalStack, whose answers arrive one at a time.
 
 use std::sync::Arc;
 

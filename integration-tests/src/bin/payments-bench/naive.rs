@@ -34,8 +34,9 @@ pub(crate) async fn measure(
     n: usize,
     in_flight: usize,
 ) -> Result<NaiveLoop> {
-    // The worker's client configurations (keep-alive on plain HTTP included), from the same
-    // environment the worker reads.
+    // The worker's client configurations (keep-alive on plain HTTP included), from this
+    // process's environment: `scripts/bench` exports the LocalStack endpoint and credentials
+    // the worker gets too.
     let sdk = fleet::aws::load_config().await;
     let sqs = aws_sdk_sqs::Client::from_conf(fleet::aws::sqs_config(&sdk).build());
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(fleet::dynamodb::config(&sdk).build());
@@ -53,9 +54,20 @@ pub(crate) async fn measure(
             anyhow::Ok(())
         });
     }
-    while let Some(poller) = pollers.join_next().await {
-        poller??;
-    }
+    tokio::time::timeout(super::DRAIN_LIMIT, async {
+        while let Some(poller) = pollers.join_next().await {
+            poller??;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .with_context(|| {
+        let done = done.load(Ordering::Relaxed);
+        format!(
+            "the hand-written loop drained {done} of {n} in {:?}",
+            super::DRAIN_LIMIT
+        )
+    })??;
     let secs = started.elapsed().as_secs_f64();
     let cpu_ms = super::floor::thread_cpu_ms()? - before;
     Ok(NaiveLoop {
@@ -103,8 +115,12 @@ async fn poll(sqs: &aws_sdk_sqs::Client, url: &str, store: &Arc<DynamoStore>) ->
     }
     let handles = messages
         .iter()
-        .filter_map(|m| m.receipt_handle().map(str::to_owned))
-        .collect();
+        .map(|m| {
+            m.receipt_handle()
+                .map(str::to_owned)
+                .context("no receipt handle")
+        })
+        .collect::<Result<_>>()?;
     super::floor::delete_batch(sqs, url, handles).await?;
     Ok(messages.len())
 }

@@ -40,7 +40,7 @@ pub(crate) async fn run(args: &Args, stack: &Stack) -> Result<()> {
         || async { Ok((worker.gauge("concurrency") == Some(max)).then(|| started.elapsed())) },
     )
     .await?;
-    eventually(Duration::from_secs(600), "all payments handled", || async {
+    eventually(crate::DRAIN_LIMIT, "all payments handled", || async {
         Ok((handled(&worker) >= n).then_some(()))
     })
     .await?;
